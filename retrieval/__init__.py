@@ -1,0 +1,1 @@
+"""Retrieval (FAISS trajectory index, embedders): see the RA-DT issue."""
