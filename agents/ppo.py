@@ -10,8 +10,10 @@ entropy 0.01) for 100K steps and keeping *every* transition, so each goal yields
 
 How: the G per-goal actor-critics are stacked tensors (`StackedLinear`, weights [G, in, out]), so
 one batched matmul acts for all envs of all goals, and the envs are stepped together with numpy
-(`envs.darkroom.darkroom_step`). Every per-goal quantity (advantage normalisation, loss, gradient
-clipping, Adam) is computed per goal, so learner g is exactly the learner it would be alone.
+(`envs.darkroom.darkroom_step`). Inputs are one-hot x and y (what sb3 does with a MultiDiscrete
+observation). Advantage normalisation, loss, gradient clipping and Adam all act per goal, so no
+learner's data depends on another goal (tested: a goal's history is bit-identical whichever goal
+trains beside it). 80 goals x 100K steps take ~7 min on one CPU core.
 
 Deviations from sb3/CleanRL:
 - learning-rate annealing (CleanRL) instead of sb3's constant lr; no value clipping (sb3 default);
@@ -243,6 +245,11 @@ def train_ppo_histories(
             f"steps_per_goal={cfg.steps_per_goal} must be a multiple of num_envs * episode length "
             f"= {E} * {T} so that every history ends on an episode boundary"
         )
+    if cfg.rollout_len * E < 2 * cfg.num_minibatches:
+        raise ValueError(
+            f"a rollout of {cfg.rollout_len} x {E} steps cannot fill {cfg.num_minibatches} "
+            "minibatches of >= 2 samples (advantages are normalised per minibatch)"
+        )
     steps_per_env = cfg.steps_per_goal // E
     device = torch.device(cfg.device)
     init_gen = torch.Generator().manual_seed(seed)  # own RNGs: the data depends on `seed` only
@@ -324,12 +331,10 @@ def train_ppo_histories(
             b_act, b_logp, b_adv, b_ret = (
                 x.permute(1, 0, 2).reshape(G, n).to(device) for x in (buf_act, buf_logp, adv, ret)
             )
-            mb = max(1, n // cfg.num_minibatches)
             totals: dict[str, torch.Tensor] = {}
             for _ in range(cfg.update_epochs):
                 perm = torch.randperm(n, generator=gen, device=device)
-                for start in range(0, n, mb):
-                    idx = perm[start : start + mb]
+                for idx in perm.tensor_split(cfg.num_minibatches):  # sizes differ by <= 1
                     loss, st = ppo_loss(
                         net, b_pos[:, idx], b_act[:, idx], b_logp[:, idx], b_adv[:, idx],
                         b_ret[:, idx], cfg,
@@ -340,7 +345,7 @@ def train_ppo_histories(
                     opt.step()
                     for k, v in st.items():
                         totals[k] = totals.get(k, 0.0) + v.mean()
-            num_mb = cfg.update_epochs * math.ceil(n / mb)
+            num_mb = cfg.update_epochs * cfg.num_minibatches
             stats = {f"train/{k}": float(v) / num_mb for k, v in totals.items()}
 
         if log is not None:

@@ -27,7 +27,8 @@ class GPTConfig:
     d_model: int = 64
     n_layer: int = 4
     n_head: int = 4
-    dropout: float = 0.1
+    dropout: float = 0.1  # residual/embedding dropout
+    attn_dropout: float = 0.0  # dropout on attention weights (forces SDPA's slow path on CPU)
     max_len: int = 1024  # longest token sequence (learned positions / RoPE table size)
     pos: str = "rope"  # rope | learned | none
     mlp_ratio: int = 4
@@ -93,7 +94,7 @@ class SelfAttention(nn.Module):
         self.n_head = cfg.n_head
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model)
-        self.dropout = cfg.dropout
+        self.attn_dropout = cfg.attn_dropout
         self.resid_drop = nn.Dropout(cfg.dropout)
 
     def forward(
@@ -110,7 +111,7 @@ class SelfAttention(nn.Module):
         n_new = q.shape[2]
         if cache is not None:
             k, v = cache.update(layer, k, v)
-        dropout = self.dropout if self.training else 0.0
+        dropout = self.attn_dropout if self.training else 0.0
         if attn_mask is None and k.shape[2] == n_new:
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:

@@ -1,0 +1,131 @@
+"""In-context evaluation shared by the sequence agents (AD, DT, RA-DT): trials, curves, result files.
+
+A trial is `trials` consecutive episodes on each held-out task, all tasks batched in one rollout
+(`rl_core.rollout`), the policy's context kept across episodes. The curve (mean return of episode
+k over tasks) is logged as `icl/*` rows and written to `results/<env>/icl_<w>x<h>.csv` with the
+columns `agent,seed,trial,mean_reward` (rows of the same agent and seed are replaced), next to a
+PNG of every agent's curve.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from agents.qlearning import darkroom_tasks
+from rl_core.rollout import Policy, RolloutResult, rollout
+
+CSV_COLUMNS = ("agent", "seed", "trial", "mean_reward")
+
+
+def evaluate_in_context(
+    env_cfg: DictConfig | dict,
+    policy: Policy,
+    *,
+    trials: int,
+    split: str = "eval",
+    seed: int = 0,
+    progress: bool = True,
+) -> RolloutResult:
+    """Run `trials` consecutive episodes on every task of `split`, all tasks batched."""
+    tasks = darkroom_tasks(env_cfg)
+    return rollout(
+        tasks.env_fns(split),
+        policy,
+        episodes=trials,
+        seed=seed,
+        progress=progress,
+        desc=f"in-context eval ({split})",
+    )
+
+
+def log_curve(logger: Any, curve: np.ndarray, prefix: str = "icl/mean_reward") -> None:
+    """One `icl/*` row per trial, on the `icl/trial` axis."""
+    for trial, value in enumerate(curve, start=1):
+        logger.log({"icl/trial": trial, prefix: float(value)})
+
+
+def results_paths(cfg: DictConfig) -> tuple[Path, Path]:
+    """The committed table and plot for this env size."""
+    folder = Path(cfg.results_dir) / cfg.env.name
+    stem = f"icl_{cfg.env.width}x{cfg.env.height}"
+    return folder / f"{stem}.csv", folder / f"{stem}.png"
+
+
+def write_curve(csv_path: Path, agent: str, seed: int, curve: np.ndarray) -> None:
+    """Replace the rows of (agent, seed) in the table with `curve`; keep everything else."""
+    rows: list[dict[str, str]] = []
+    if csv_path.exists():
+        with csv_path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
+                raise ValueError(
+                    f"{csv_path}: columns {reader.fieldnames}, expected {list(CSV_COLUMNS)}"
+                )
+            rows = [r for r in reader if not (r["agent"] == agent and int(r["seed"]) == seed)]
+    rows += [
+        {"agent": agent, "seed": str(seed), "trial": str(k), "mean_reward": f"{v:.4f}"}
+        for k, v in enumerate(curve, start=1)
+    ]
+    rows.sort(key=lambda r: (r["agent"], int(r["seed"]), int(r["trial"])))
+    csv_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = csv_path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(csv_path)
+
+
+def read_curves(csv_path: Path) -> dict[str, np.ndarray]:
+    """agent -> (seeds, trials) array of mean rewards."""
+    per_agent: dict[str, dict[int, dict[int, float]]] = {}
+    with csv_path.open(newline="") as f:
+        for r in csv.DictReader(f):
+            seeds = per_agent.setdefault(r["agent"], {})
+            seeds.setdefault(int(r["seed"]), {})[int(r["trial"])] = float(r["mean_reward"])
+    out = {}
+    for agent, seeds in per_agent.items():
+        trials = sorted(next(iter(seeds.values())))
+        out[agent] = np.array([[s[t] for t in trials] for s in seeds.values()])
+    return out
+
+
+def plot_curves(csv_path: Path, png_path: Path, optimum: float | None = None) -> Path:
+    """Mean ± std over seeds of each agent's in-context curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for agent, curves in sorted(read_curves(csv_path).items()):
+        x = np.arange(1, curves.shape[1] + 1)
+        mean, std = curves.mean(0), curves.std(0)
+        ax.plot(x, mean, label=f"{agent} ({curves.shape[0]} seed{'s' * (curves.shape[0] > 1)})")
+        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+    if optimum is not None:
+        ax.axhline(optimum, color="k", ls="--", lw=1, label=f"optimal ({optimum:.1f})")
+    ax.set_xlabel("trial (episode in context)")
+    ax.set_ylabel("mean reward, held-out tasks")
+    ax.set_title(csv_path.stem)
+    ax.legend()
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+    return png_path
+
+
+def report(cfg: DictConfig, agent: str, curve: np.ndarray, logger: Any | None = None) -> Path:
+    """Log the curve, write it to the results table and redraw the plot; return the CSV path."""
+    if logger is not None:
+        log_curve(logger, curve)
+    csv_path, png_path = results_paths(cfg)
+    write_curve(csv_path, agent, int(cfg.seed), curve)
+    plot_curves(csv_path, png_path, optimum=darkroom_tasks(cfg.env).mean_optimal_return("eval"))
+    return csv_path
