@@ -56,6 +56,7 @@ class ADConfig:
     dropout: float = 0.1
     eval_trials: int = 40  # consecutive episodes per held-out task, context kept across them
     temperature: float = 1.0  # action sampling temperature at evaluation (0 = greedy)
+    top_p: float = 0.5  # nucleus sampling at evaluation, as RA-DT evaluates Dark-Room policies
 
 
 class ADModel(nn.Module):
@@ -97,10 +98,16 @@ class ADPolicy:
     """Acts in context for a batch of tasks; the KV cache persists across episodes of a trial."""
 
     def __init__(
-        self, model: ADModel, window: int, device: torch.device, temperature: float, seed: int
+        self,
+        model: ADModel,
+        window: int,
+        device: torch.device,
+        temperature: float,
+        seed: int,
+        top_p: float = 1.0,
     ):
         self.model, self.window, self.device = model, window, device
-        self.temperature = temperature
+        self.temperature, self.top_p = temperature, top_p
         self.generator = torch.Generator(device=device).manual_seed(seed)
 
     def reset(self, n_envs: int) -> None:
@@ -112,7 +119,8 @@ class ADPolicy:
     def act(self, obs: np.ndarray) -> np.ndarray:
         obs_t = torch.as_tensor(obs, device=self.device).long()[:, None]
         logits = self.model(obs_t, self.prev_action[:, None], self.prev_reward[:, None], self.cache)
-        return sample_logits(logits[:, -1], self.temperature, self.generator).cpu().numpy()
+        action = sample_logits(logits[:, -1], self.temperature, self.generator, self.top_p)
+        return action.cpu().numpy()
 
     def observe(self, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
         self.prev_action = torch.as_tensor(actions, device=self.device).long()
@@ -134,7 +142,9 @@ def make_evaluator(cfg: DictConfig, agent_cfg: ADConfig, context: int, logger: A
 
     def evaluate(model: nn.Module, step: int) -> dict[str, float]:
         device = next(model.parameters()).device
-        policy = ADPolicy(model, context, device, agent_cfg.temperature, seed=cfg.seed)
+        policy = ADPolicy(
+            model, context, device, agent_cfg.temperature, seed=cfg.seed, top_p=agent_cfg.top_p
+        )
         result = icl.evaluate_in_context(
             cfg.env, policy, trials=agent_cfg.eval_trials, seed=cfg.seed, progress=False
         )

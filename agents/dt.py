@@ -58,7 +58,8 @@ class DTConfig:
     eval_trials: int = 40
     target_mean: float = 90.0  # target return sampled per episode at evaluation
     target_std: float = 5.0
-    temperature: float = 1.0
+    temperature: float = 1.0  # action sampling temperature at evaluation (0 = greedy)
+    top_p: float = 0.5  # nucleus sampling at evaluation, as RA-DT evaluates Dark-Room policies
 
 
 class DTModel(nn.Module):
@@ -123,7 +124,9 @@ class DTPolicy:
 
     def __init__(self, model: DTModel, cfg: DTConfig, device: torch.device, seed: int) -> None:
         self.model, self.cfg, self.device = model, cfg, device
-        self.window = 3 * cfg.context_len
+        # a training window of K steps shows the state token s_t the 3K-1 tokens R_{t-K+1}..s_t;
+        # a cache of 3K would also show a_{t-K}, which no training window contains
+        self.window = 3 * cfg.context_len - 1
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.rng = np.random.default_rng(seed)
 
@@ -168,7 +171,7 @@ class DTPolicy:
         attn = attn | (key_pos[None, None, :] == query_pos[None, :, None])  # a query sees itself
         h = model.gpt(tokens, cache=self.cache, attn_mask=attn[:, None])
         logits = model.head(h[:, -1])
-        action = sample_logits(logits, self.cfg.temperature, self.generator)
+        action = sample_logits(logits, self.cfg.temperature, self.generator, self.cfg.top_p)
         self.last_action = action
         self.new_episode = torch.zeros_like(self.new_episode)
         return action.cpu().numpy()

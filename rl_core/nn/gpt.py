@@ -5,9 +5,12 @@ whole context every step costs O(n) token passes per step (O(n^2) attention); wi
 costs one token pass against the stored keys/values, batched over all evaluation tasks.
 
 Positions use rotary embeddings (RoPE, Su et al. 2021) by default: attention then depends only on the
-distance between tokens, so a *rolling* cache that keeps the last `window` tokens stays exact for
-sliding-window decoding over many episodes (the context of AD at evaluation). Learned absolute
-positions are available (`pos="learned"`) for models trained on fixed windows (DT).
+distance between tokens, so a *rolling* cache that keeps the last `window` tokens decodes token by
+token exactly as a full forward with a sliding-window (band) mask of width `window` (the context of
+AD at evaluation). With one layer that equals re-encoding the last `window` tokens; with more layers
+it does not: cached keys of older tokens were computed when their own windows reached further back,
+so the receptive field grows to n_layer x window. Learned absolute positions are available
+(`pos="learned"`) for models trained on fixed windows.
 
 Shape legend: b batch, n tokens (new), m tokens (cached + new), h heads, d width, e head width.
 """
@@ -172,6 +175,9 @@ class GPT(nn.Module):
         self, x: Tensor, cache: KVCache | None = None, attn_mask: Tensor | None = None
     ) -> Tensor:
         n = x.shape[1]
+        if cache is not None and n > cache.window:
+            # the cache is trimmed before attention: the first n - window queries would see nothing
+            raise ValueError(f"{n} new tokens exceed the cache window of {cache.window}")
         start = cache.offset if cache is not None else 0
         positions = torch.arange(start, start + n, device=x.device)
         rope = None

@@ -1,0 +1,180 @@
+"""In-context evaluation: KV-cached ADPolicy vs re-encoding the whole context every step.
+
+Same AD model (default sizes, random weights: speed does not depend on them), same rollout
+loop, same 20 held-out Dark-Room 10x10 goals batched, same greedy (temperature 0) actions.
+The context is 4 episodes (400 tokens); a trial of 6 episodes fills the window and rolls it.
+
+- ours: `agents.ad.ADPolicy`, one token per env step against the rolling KV cache;
+- baseline: keeps the token history and runs `ADModel.forward` over the last 400 tokens at
+  every step (no cache), i.e. what an AD evaluation without a cache does.
+
+Sanity check: both pick the same greedy actions while the context is within the window (there
+the two computations are the same; once it rolls, a multi-layer cache sees further back than a
+re-encoded window, see `rl_core.nn.gpt`), and the agreement after that is printed too.
+
+    python benchmarks/icl_eval_speed.py           # writes results/bench/icl_eval_speed.json
+    python benchmarks/icl_eval_speed.py --trials 3 --threads 2 --out /tmp/icl.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable as a script from a checkout without installing
+
+import torch  # noqa: E402
+
+from agents.ad import ADConfig, ADModel, ADPolicy  # noqa: E402
+from envs.darkroom import DarkRoomTasks  # noqa: E402
+from rl_core.nn.sampling import sample_logits  # noqa: E402
+from rl_core.rollout import rollout  # noqa: E402
+
+
+class ReencodePolicy:
+    """AD without a cache: the whole token history is re-run through the model every step."""
+
+    def __init__(self, model: ADModel, window: int) -> None:
+        self.model, self.window = model, window
+
+    def reset(self, n_envs: int) -> None:
+        self.obs: list[torch.Tensor] = []
+        self.prev_action = [torch.full((n_envs,), -1, dtype=torch.long)]
+        self.prev_reward = [torch.zeros(n_envs)]
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        self.obs.append(torch.as_tensor(obs).long())
+        w = self.window
+        logits = self.model(
+            torch.stack(self.obs[-w:], dim=1),
+            torch.stack(self.prev_action[-w:], dim=1),
+            torch.stack(self.prev_reward[-w:], dim=1),
+        )
+        return sample_logits(logits[:, -1], 0.0).numpy()
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
+        self.prev_action.append(torch.as_tensor(actions).long())
+        self.prev_reward.append(torch.as_tensor(rewards).float())
+        # keep only what the next window needs
+        del self.obs[: -self.window], self.prev_action[: -self.window]
+        del self.prev_reward[: -self.window]
+
+
+class ActionLog:
+    """Passes a policy through and keeps its actions, for the greedy-agreement check."""
+
+    def __init__(self, policy) -> None:
+        self.policy, self.actions = policy, []
+
+    def reset(self, n_envs: int) -> None:
+        self.policy.reset(n_envs)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        self.actions.append(np.asarray(self.policy.act(obs)))
+        return self.actions[-1]
+
+    def observe(self, actions, rewards, dones) -> None:
+        self.policy.observe(actions, rewards, dones)
+
+
+def timed_rollout(policy, model: ADModel, tasks: DarkRoomTasks, trials: int):
+    """Seconds, env steps, actions (b, steps) and last-token logits (b, steps, A) of one trial."""
+    log, logits = ActionLog(policy), []
+    hook = model.head.register_forward_hook(lambda m, i, out: logits.append(out[:, -1]))
+    t0 = time.perf_counter()
+    result = rollout(tasks.env_fns("eval"), log, episodes=trials, seed=0, progress=False)
+    seconds = time.perf_counter() - t0
+    hook.remove()
+    return seconds, result.steps, np.stack(log.actions, axis=1), torch.stack(logits, dim=1)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--context-episodes", type=int, default=4)
+    p.add_argument("--trials", type=int, default=6, help="episodes per task in one trial")
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
+    p.add_argument("--out", type=Path, default=ROOT / "results/bench/icl_eval_speed.json")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    tasks = DarkRoomTasks()  # 10x10, horizon 100, 20 held-out goals
+    window = args.context_episodes * tasks.horizon
+    torch.manual_seed(0)
+    cfg = ADConfig(context_episodes=args.context_episodes)  # d_model 64, 2 layers, 4 heads
+    model = ADModel((tasks.width, tasks.height), 5, cfg, max_len=window).eval()
+    n_envs = len(tasks.split("eval"))
+
+    print(f"AD d_model={cfg.d_model} n_layer={cfg.n_layer} n_head={cfg.n_head}, context {window} "
+          f"tokens, {n_envs} envs x {args.trials} episodes, {args.threads} thread(s)")  # fmt: skip
+    cached = ADPolicy(model, window, torch.device("cpu"), temperature=0.0, seed=0)
+    ours_s, steps, ours_actions, ours_logits = timed_rollout(cached, model, tasks, args.trials)
+    base_s, base_steps, base_actions, base_logits = timed_rollout(
+        ReencodePolicy(model, window), model, tasks, args.trials
+    )
+    assert steps == base_steps == n_envs * args.trials * tasks.horizon
+
+    within = min(window, ours_actions.shape[1])
+    same_within = float((ours_actions[:, :within] == base_actions[:, :within]).mean())
+    same_after = (
+        float((ours_actions[:, within:] == base_actions[:, within:]).mean())
+        if ours_actions.shape[1] > within
+        else None
+    )
+    logit_diff = float((ours_logits[:, :within] - base_logits[:, :within]).abs().max())
+    first = 20
+    print(f"greedy actions, env 0, first {first} steps: cached {ours_actions[0, :first].tolist()}")
+    print(f"                                        re-encoded {base_actions[0, :first].tolist()}")
+    print(f"same greedy action: {same_within:.4f} of steps within the window, "
+          f"{same_after if same_after is None else round(same_after, 4)} after it rolls")  # fmt: skip
+    print(f"max |logit difference| within the window: {logit_diff:.2e}")
+    if same_within != 1.0 or logit_diff > 1e-4:
+        raise SystemExit("cached and re-encoded AD disagree within the window: the cache is wrong")
+
+    ours, baseline = steps / ours_s, steps / base_s
+    ratio = ours / baseline
+    print(f"{'':28}{'env steps/s':>12}{'seconds':>10}")
+    print(f"{'ours (ADPolicy, KV cache)':28}{ours:12.0f}{ours_s:10.2f}")
+    print(f"{'baseline (re-encode 400)':28}{baseline:12.0f}{base_s:10.2f}")
+    print(f"ratio {ratio:.1f}x")
+
+    out = {
+        "ours": round(ours, 1),
+        "baseline": round(baseline, 1),
+        "ratio": round(ratio, 1),
+        "unit": "env_steps/s",
+        "context_tokens": window,
+        "command": "python benchmarks/icl_eval_speed.py",
+        "what": (
+            f"AD (d_model {cfg.d_model}, {cfg.n_layer} layers, {cfg.n_head} heads, random weights) "
+            f"greedy in-context evaluation on the {n_envs} held-out Dark-Room 10x10 goals batched, "
+            f"{args.trials} episodes per goal, both through rl_core.rollout. ours = ADPolicy with a "
+            f"rolling KV cache of {window} tokens; baseline = ADModel.forward over the last {window} "
+            "tokens every step"
+        ),
+        "env_steps": steps,
+        "seconds": {"ours": round(ours_s, 3), "baseline": round(base_s, 3)},
+        "same_greedy_action_within_window": same_within,
+        "same_greedy_action_after_window_rolls": same_after,
+        "max_logit_diff_within_window": logit_diff,
+        "threads": args.threads,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

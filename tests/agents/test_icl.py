@@ -1,0 +1,54 @@
+"""In-context result files: the shared CSV table and its plot."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from agents.icl import plot_curves, read_curves, write_curve
+
+
+def rows(path) -> list[tuple[str, str, str, str]]:
+    with path.open(newline="") as f:
+        return [tuple(r) for r in csv.reader(f)]
+
+
+def test_write_curve_replaces_rows_of_the_same_agent_and_seed(tmp_path):
+    path = tmp_path / "darkroom" / "icl_10x10.csv"
+    write_curve(path, "dt", 0, np.array([1.0, 2.0, 3.0]))
+    write_curve(path, "ad", 0, np.array([4.0, 5.0, 6.0]))
+    write_curve(path, "ad", 1, np.array([7.0, 8.0, 9.0]))
+    write_curve(path, "ad", 0, np.array([10.0, 11.0]))  # a rerun with fewer trials
+    assert rows(path) == [
+        ("agent", "seed", "trial", "mean_reward"),
+        ("ad", "0", "1", "10.0000"),
+        ("ad", "0", "2", "11.0000"),
+        ("ad", "1", "1", "7.0000"),
+        ("ad", "1", "2", "8.0000"),
+        ("ad", "1", "3", "9.0000"),
+        ("dt", "0", "1", "1.0000"),
+        ("dt", "0", "2", "2.0000"),
+        ("dt", "0", "3", "3.0000"),
+    ]
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_write_curve_refuses_a_table_with_other_columns(tmp_path):
+    path = tmp_path / "icl.csv"
+    path.write_text("agent,seed,episode,reward\nad,0,1,3.0\n")
+    with pytest.raises(ValueError, match=str(path)):
+        write_curve(path, "ad", 0, np.array([1.0]))
+    assert path.read_text() == "agent,seed,episode,reward\nad,0,1,3.0\n"
+
+
+def test_plot_curves_writes_a_png(tmp_path):
+    path = tmp_path / "icl.csv"
+    write_curve(path, "ad", 0, np.linspace(10, 60, 5))
+    write_curve(path, "ad", 1, np.linspace(12, 58, 5))
+    write_curve(path, "dt", 0, np.full(5, 6.0))
+    curves = read_curves(path)
+    assert curves["ad"].shape == (2, 5) and curves["dt"].shape == (1, 5)
+    png = plot_curves(path, tmp_path / "plots" / "icl.png", optimum=90.05)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
