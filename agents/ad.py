@@ -10,7 +10,10 @@ token_t = emb(s_t) + emb(a_{t-1}) + proj(r_{t-1}), where (a_{t-1}, r_{t-1}) is t
 of the same learning history (the last step of the previous episode at an episode start). At
 evaluation the policy keeps its KV cache across the 40 trials of a task, so each env step costs
 one token step; the cache keeps the last `context_episodes × horizon` tokens and positions are
-rotary, so the rolling window is exactly the sliding context the model was trained on.
+rotary (relative), so dropping old tokens needs no re-indexing. Like any rolling KV cache
+(Mistral's sliding window), this equals re-encoding the last W tokens exactly while the trial
+fits in the window and approximately after it: cached keys of a multi-layer model still carry
+information from beyond the window (receptive field up to n_layer × W).
 
 Deviations (all for 2-CPU budgets; `experiment=` configs can restore larger settings):
 - one token per step (s, a_prev, r_prev) as in the AD-ε / headless-AD code, not three;
@@ -25,25 +28,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from agents import icl
-from agents.sources import learning_histories, source_attrs
-from rl_core.cli import run_cli, setup_run
+from rl_core.cli import run_cli
 from rl_core.config import to_dataclass
 from rl_core.data import ADWindowSampler
-from rl_core.logging import Logger, LoggerConfig
 from rl_core.nn import GPT, GPTConfig, KVCache
 from rl_core.nn.sampling import sample_logits
-from rl_core.train import TrainConfig, Trainer
-from rl_core.utils import resolve_device
 
 
 @dataclass
@@ -137,71 +134,34 @@ def build(cfg: DictConfig) -> tuple[ADModel, ADConfig, int]:
     return model, agent_cfg, context
 
 
-def make_evaluator(cfg: DictConfig, agent_cfg: ADConfig, context: int, logger: Any):
-    """The Trainer's evaluation: the full in-context trial on the held-out goals."""
-
-    def evaluate(model: nn.Module, step: int) -> dict[str, float]:
-        device = next(model.parameters()).device
-        policy = ADPolicy(
+def make_policy(cfg: DictConfig, agent_cfg: ADConfig, context: int):
+    def factory(model: nn.Module, device: torch.device) -> ADPolicy:
+        return ADPolicy(
             model, context, device, agent_cfg.temperature, seed=cfg.seed, top_p=agent_cfg.top_p
         )
-        result = icl.evaluate_in_context(
-            cfg.env, policy, trials=agent_cfg.eval_trials, seed=cfg.seed, progress=False
-        )
-        curve = result.mean_return_per_trial
-        icl.report(cfg, "ad", curve, logger)
-        return {"return_first_trial": float(curve[0]), "return_last_trial": float(curve[-1])}
 
-    return evaluate
+    return factory
 
 
 def train(cfg: DictConfig) -> nn.Module:
-    run_dir = setup_run(cfg)
     model, agent_cfg, context = build(cfg)
-    store = learning_histories(cfg)
-    sampler = ADWindowSampler(store, context)
-    logger = Logger(
-        to_dataclass(cfg.logger, LoggerConfig, "logger"),
-        run_dir,
-        cfg.run_name,
-        {**OmegaConf.to_container(cfg, resolve=True), "dataset": source_attrs(store)},
+    return icl.train_agent(
+        cfg,
+        model,
+        ad_loss,
+        lambda store: ADWindowSampler(store, context),
+        make_policy(cfg, agent_cfg, context),
+        agent_cfg.eval_trials,
     )
-    with logger:
-        trainer = Trainer(
-            model,
-            to_dataclass(cfg.train, TrainConfig, "train"),
-            run_dir=run_dir,
-            loss_fn=ad_loss,
-            sample_batch=sampler.sample,
-            evaluate=make_evaluator(cfg, agent_cfg, context, logger),
-            logger=logger,
-            seed=cfg.seed,
-            device=cfg.device,
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
-        return trainer.fit(resume=cfg.resume)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Re-run the in-context evaluation of a trained run (`run_dir/checkpoints/last.pt`)."""
-    run_dir = Path(cfg.run_dir)
     model, agent_cfg, context = build(cfg)
-    step = Trainer.load_weights(model, run_dir)
-    device = resolve_device(cfg.device)
-    model.to(device).eval()
-    with Logger(
-        to_dataclass(cfg.logger, LoggerConfig, "logger"), run_dir, cfg.run_name, {}
-    ) as logger:
-        metrics = make_evaluator(cfg, agent_cfg, context, logger)(model, step)
-    print(metrics)
-    return metrics
-
-
-def collect(cfg: DictConfig) -> None:
-    """Build (or reuse) the learning histories this config trains on."""
-    store = learning_histories(cfg)
-    print(f"{len(store)} episodes, {store.num_steps} steps in {store.root}")
+    return icl.evaluate_agent(
+        cfg, model, make_policy(cfg, agent_cfg, context), agent_cfg.eval_trials
+    )
 
 
 if __name__ == "__main__":
-    run_cli({"train": train, "eval": evaluate, "collect": collect}, config_name="ad")
+    run_cli({"train": train, "eval": evaluate, "collect": icl.collect}, config_name="ad")

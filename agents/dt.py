@@ -12,7 +12,9 @@ the timestep t within the episode (no other positions, as in the official GPT-2 
 is predicted from the s_t token. Training windows are K steps of one episode, left-padded.
 At evaluation each step appends (a_{t-1}, R̂_t, s_t) to a KV cache of the last 3K tokens; an
 episode boundary starts a fresh context for that env (per-row attention mask), so evaluation
-costs three token steps per env step for all tasks at once.
+costs three token steps per env step for all tasks at once. Deviation: the official code
+re-encodes the last K steps each step; a rolling cache equals that exactly for one layer and
+approximately for more (older cached keys saw further back), the usual sliding-window trade.
 
 Deviations: discrete actions with cross-entropy and sampled actions (RA-DT's DT does the same on
 Dark-Room); target return sampled per episode from N(target_mean, target_std) as in RA-DT's
@@ -24,27 +26,21 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 
 from agents import icl
-from agents.sources import learning_histories, source_attrs
-from rl_core.cli import run_cli, setup_run
+from rl_core.cli import run_cli
 from rl_core.config import to_dataclass
 from rl_core.data import DTWindowSampler
-from rl_core.logging import Logger, LoggerConfig
 from rl_core.nn import GPT, GPTConfig, KVCache
 from rl_core.nn.gpt import causal_mask
 from rl_core.nn.sampling import sample_logits
-from rl_core.train import TrainConfig, Trainer
-from rl_core.utils import resolve_device
 
 
 @dataclass
@@ -194,64 +190,30 @@ def build(cfg: DictConfig) -> tuple[DTModel, DTConfig]:
     return DTModel((cfg.env.width, cfg.env.height), 5, horizon, agent_cfg), agent_cfg
 
 
-def make_evaluator(cfg: DictConfig, agent_cfg: DTConfig, logger: Any):
-    def evaluate(model: nn.Module, step: int) -> dict[str, float]:
-        device = next(model.parameters()).device
-        policy = DTPolicy(model, agent_cfg, device, seed=cfg.seed)
-        result = icl.evaluate_in_context(
-            cfg.env, policy, trials=agent_cfg.eval_trials, seed=cfg.seed, progress=False
-        )
-        curve = result.mean_return_per_trial
-        icl.report(cfg, "dt", curve, logger)
-        return {"return_first_trial": float(curve[0]), "return_last_trial": float(curve[-1])}
+def make_policy(cfg: DictConfig, agent_cfg: DTConfig):
+    def factory(model: nn.Module, device: torch.device) -> DTPolicy:
+        return DTPolicy(model, agent_cfg, device, seed=cfg.seed)
 
-    return evaluate
+    return factory
 
 
 def train(cfg: DictConfig) -> nn.Module:
-    run_dir = setup_run(cfg)
     model, agent_cfg = build(cfg)
-    store = learning_histories(cfg)
-    sampler = DTWindowSampler(store, agent_cfg.context_len)
-    logger = Logger(
-        to_dataclass(cfg.logger, LoggerConfig, "logger"),
-        run_dir,
-        cfg.run_name,
-        {**OmegaConf.to_container(cfg, resolve=True), "dataset": source_attrs(store)},
+    return icl.train_agent(
+        cfg,
+        model,
+        dt_loss,
+        lambda store: DTWindowSampler(store, agent_cfg.context_len),
+        make_policy(cfg, agent_cfg),
+        agent_cfg.eval_trials,
     )
-    with logger:
-        trainer = Trainer(
-            model,
-            to_dataclass(cfg.train, TrainConfig, "train"),
-            run_dir=run_dir,
-            loss_fn=dt_loss,
-            sample_batch=sampler.sample,
-            evaluate=make_evaluator(cfg, agent_cfg, logger),
-            logger=logger,
-            seed=cfg.seed,
-            device=cfg.device,
-            config=OmegaConf.to_container(cfg, resolve=True),
-        )
-        return trainer.fit(resume=cfg.resume)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    run_dir = Path(cfg.run_dir)
+    """Re-run the in-context evaluation of a trained run (`run_dir/checkpoints/last.pt`)."""
     model, agent_cfg = build(cfg)
-    step = Trainer.load_weights(model, run_dir)
-    model.to(resolve_device(cfg.device)).eval()
-    with Logger(
-        to_dataclass(cfg.logger, LoggerConfig, "logger"), run_dir, cfg.run_name, {}
-    ) as logger:
-        metrics = make_evaluator(cfg, agent_cfg, logger)(model, step)
-    print(metrics)
-    return metrics
-
-
-def collect(cfg: DictConfig) -> None:
-    store = learning_histories(cfg)
-    print(f"{len(store)} episodes, {store.num_steps} steps in {store.root}")
+    return icl.evaluate_agent(cfg, model, make_policy(cfg, agent_cfg), agent_cfg.eval_trials)
 
 
 if __name__ == "__main__":
-    run_cli({"train": train, "eval": evaluate, "collect": collect}, config_name="dt")
+    run_cli({"train": train, "eval": evaluate, "collect": icl.collect}, config_name="dt")

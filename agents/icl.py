@@ -1,4 +1,4 @@
-"""In-context evaluation shared by the sequence agents (AD, DT, RA-DT): trials, curves, result files.
+"""What the in-context sequence agents (AD, DT, RA-DT) share: commands, trials, curves, result files.
 
 A trial is `trials` consecutive episodes on each held-out task, all tasks batched in one rollout
 (`rl_core.rollout`), the policy's context kept across episodes. The curve (mean return of episode
@@ -10,14 +10,24 @@ PNG of every agent's curve.
 from __future__ import annotations
 
 import csv
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from omegaconf import DictConfig
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
 
 from agents.qlearning import darkroom_tasks
+from agents.sources import learning_histories, source_attrs
+from rl_core.cli import setup_run
+from rl_core.config import to_dataclass
+from rl_core.data import EpisodeStore
+from rl_core.logging import Logger, LoggerConfig
 from rl_core.rollout import Policy, RolloutResult, rollout
+from rl_core.train import TrainConfig, Trainer
+from rl_core.utils import resolve_device
 
 CSV_COLUMNS = ("agent", "seed", "trial", "mean_reward")
 
@@ -129,3 +139,76 @@ def report(cfg: DictConfig, agent: str, curve: np.ndarray, logger: Any | None = 
     write_curve(csv_path, agent, int(cfg.seed), curve)
     plot_curves(csv_path, png_path, optimum=darkroom_tasks(cfg.env).mean_optimal_return("eval"))
     return csv_path
+
+
+# ----------------------------------------------------------------------------- shared commands
+PolicyFactory = Callable[[nn.Module, torch.device], Policy]
+
+
+def make_evaluator(
+    cfg: DictConfig, agent: str, make_policy: PolicyFactory, trials: int, logger: Any
+) -> Callable[[nn.Module, int], dict[str, float]]:
+    """The Trainer's evaluation: the full in-context trial on the held-out tasks, reported."""
+
+    def evaluate(model: nn.Module, step: int) -> dict[str, float]:
+        device = next(model.parameters()).device
+        result = evaluate_in_context(
+            cfg.env, make_policy(model, device), trials=trials, seed=cfg.seed, progress=False
+        )
+        curve = result.mean_return_per_trial
+        report(cfg, agent, curve, logger)
+        return {"return_first_trial": float(curve[0]), "return_last_trial": float(curve[-1])}
+
+    return evaluate
+
+
+def train_agent(
+    cfg: DictConfig,
+    model: nn.Module,
+    loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]],
+    make_sampler: Callable[[EpisodeStore], Any],
+    make_policy: PolicyFactory,
+    trials: int,
+) -> nn.Module:
+    """`train` of a sequence agent: histories -> sampler -> Trainer, evaluated in context."""
+    run_dir = setup_run(cfg)
+    store = learning_histories(cfg)
+    sampler = make_sampler(store)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    logger_cfg = to_dataclass(cfg.logger, LoggerConfig, "logger")
+    with Logger(
+        logger_cfg, run_dir, cfg.run_name, {**resolved, "dataset": source_attrs(store)}
+    ) as logger:
+        trainer = Trainer(
+            model,
+            to_dataclass(cfg.train, TrainConfig, "train"),
+            run_dir=run_dir,
+            loss_fn=loss_fn,
+            sample_batch=sampler.sample,
+            evaluate=make_evaluator(cfg, cfg.agent.name, make_policy, trials, logger),
+            logger=logger,
+            seed=cfg.seed,
+            device=cfg.device,
+            config=resolved,
+        )
+        return trainer.fit(resume=cfg.resume)
+
+
+def evaluate_agent(
+    cfg: DictConfig, model: nn.Module, make_policy: PolicyFactory, trials: int
+) -> dict[str, float]:
+    """`eval` of a sequence agent: reload `run_dir/checkpoints/last.pt`, run the trial again."""
+    run_dir = Path(cfg.run_dir)
+    step = Trainer.load_weights(model, run_dir)
+    model.to(resolve_device(cfg.device)).eval()
+    logger_cfg = to_dataclass(cfg.logger, LoggerConfig, "logger")
+    with Logger(logger_cfg, run_dir, cfg.run_name, {}) as logger:
+        metrics = make_evaluator(cfg, cfg.agent.name, make_policy, trials, logger)(model, step)
+    print(metrics)
+    return metrics
+
+
+def collect(cfg: DictConfig) -> None:
+    """`collect`: build (or reuse) the learning histories this config trains on."""
+    store = learning_histories(cfg)
+    print(f"{len(store)} episodes, {store.num_steps} steps in {store.root}")

@@ -121,6 +121,12 @@ def make_dt(n_layer: int) -> tuple[DTModel, DTConfig]:
     return DTModel((5, 5), 5, HORIZON, cfg).eval(), cfg
 
 
+def left_pad(x, dtype) -> torch.Tensor:
+    """One training window (1, K, ...): zeros before the episode, as DTWindowSampler pads."""
+    x = np.asarray(x, dtype=dtype)
+    return torch.as_tensor(np.concatenate([np.zeros((K - len(x), *x.shape[1:]), dtype), x]))[None]
+
+
 def run_dt(n_layer: int, episode_lengths: list[list[int]], seed: int = 0):
     """Drive DTPolicy over scripted episodes (one length list per env, equal totals).
 
@@ -149,25 +155,16 @@ def run_dt(n_layer: int, episode_lengths: list[list[int]], seed: int = 0):
         start = 0
         for step in range(total):
             steps = np.arange(max(start, step - K + 1), step + 1)
-            timestep = np.minimum(steps - start, HORIZON - 1)
-            ep_rewards = rewards[start:step, i]
-            rtg = TARGET - np.concatenate([[0.0], np.cumsum(ep_rewards)])[steps - start]
-            pad = K - len(steps)
+            timestep = steps - start  # episodes here are never longer than the horizon
+            rtg = TARGET - np.concatenate([[0.0], np.cumsum(rewards[start:step, i])])[timestep]
             act = actions[steps, i].copy()
             act[-1] = 0  # a_t is not chosen yet; the causal mask hides it from s_t
-
-            def left_pad(x, dtype):
-                x = np.asarray(x, dtype=dtype)
-                return torch.as_tensor(np.concatenate([np.zeros((pad, *x.shape[1:]), dtype), x]))[
-                    None
-                ]
-
             out = model(
                 left_pad(rtg, np.float32),
                 left_pad(obs[steps, i], np.int64),
                 left_pad(act, np.int64),
                 left_pad(timestep, np.int64),
-                torch.as_tensor(np.arange(K) >= pad)[None],
+                torch.as_tensor(np.arange(K) >= K - len(steps))[None],
             )
             ref[step, i] = out[0, -1]
             if dones[step, i]:
