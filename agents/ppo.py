@@ -26,8 +26,6 @@ Shape letters: g goals, e envs per goal, t time, n samples per goal (t*e), b min
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,7 +43,7 @@ from tqdm.auto import tqdm
 from envs.darkroom import NUM_ACTIONS, DarkRoomTasks, darkroom_reward, darkroom_step
 from rl_core.cli import run_cli, setup_run
 from rl_core.config import to_dataclass
-from rl_core.data import EpisodeStore, open_or_build
+from rl_core.data import EpisodeStore, cache_root, open_or_build
 from rl_core.logging import Logger
 
 DATA_VERSION = 1  # bump when the recorded data would change for the same attrs
@@ -402,9 +400,8 @@ def ppo_data_path(
 ) -> Path:
     """``data_dir/darkroom_WxH/ppo_<hash of attrs>``: one directory per distinct dataset."""
     attrs = ppo_attrs(env_cfg, ppo_cfg, goals, seed)
-    digest = hashlib.sha1(json.dumps(attrs, sort_keys=True).encode()).hexdigest()[:10]
     env = attrs["env"]
-    return Path(data_dir) / f"{env['name']}_{env['width']}x{env['height']}" / f"ppo_{digest}"
+    return cache_root(data_dir, f"{env['name']}_{env['width']}x{env['height']}", "ppo", attrs)
 
 
 def write_histories(

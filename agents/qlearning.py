@@ -19,8 +19,6 @@ episode, as in a learner with replay. `histories_per_task` > 1 runs independent 
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,7 +31,7 @@ from tqdm.auto import tqdm
 from envs.darkroom import NUM_ACTIONS, DarkRoomTasks, darkroom_reward, darkroom_step
 from rl_core.cli import run_cli, setup_run
 from rl_core.config import to_dataclass
-from rl_core.data import EpisodeStore, open_or_build
+from rl_core.data import EpisodeStore, cache_root, open_or_build
 
 Pos = tuple[int, int]
 
@@ -153,13 +151,8 @@ def darkroom_tasks(env_cfg: DictConfig | dict) -> DarkRoomTasks:
 
 def dataset_root(data_dir: str | Path, env_cfg: Any, attrs: dict) -> Path:
     """`data_dir/<env>_<w>x<h>/<source>_<hash of attrs>`: one folder per distinct dataset."""
-    digest = hashlib.sha1(json.dumps(attrs, sort_keys=True).encode()).hexdigest()[:10]
-    source = attrs["source"]["name"]
-    return (
-        Path(data_dir)
-        / f"{env_cfg['name']}_{env_cfg['width']}x{env_cfg['height']}"
-        / (f"{source}_{digest}")
-    )
+    group = f"{env_cfg['name']}_{env_cfg['width']}x{env_cfg['height']}"
+    return cache_root(data_dir, group, attrs["source"]["name"], attrs)
 
 
 def collect(cfg: DictConfig) -> EpisodeStore:

@@ -9,6 +9,7 @@ from rl_core.data.store import (
     CorruptShardError,
     EpisodeStore,
     EpisodeWriter,
+    cache_root,
     open_or_build,
 )
 
@@ -19,6 +20,7 @@ __all__ = [
     "DTWindowSampler",
     "EpisodeStore",
     "EpisodeWriter",
+    "cache_root",
     "export_minari",
     "import_minari",
     "open_or_build",

@@ -19,6 +19,7 @@ One writer at a time per store (appends are not locked); any number of readers.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -579,6 +580,16 @@ class EpisodeWriter:
 
 
 # --------------------------------------------------------------------------- cache
+
+
+def cache_root(data_dir: str | Path, group: str, prefix: str, attrs: Mapping[str, Any]) -> Path:
+    """`data_dir/group/<prefix>_<hash of attrs>`: one folder per distinct dataset recipe.
+
+    Why: a dataset is reused only when everything that made it is equal (`open_or_build` checks
+    the attrs again), and different recipes never overwrite each other.
+    """
+    digest = hashlib.sha1(json.dumps(attrs, sort_keys=True).encode()).hexdigest()[:10]
+    return Path(data_dir) / group / f"{prefix}_{digest}"
 
 
 def open_or_build(

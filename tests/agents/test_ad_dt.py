@@ -91,3 +91,13 @@ def tasks_action_space():
     import gymnasium as gym
 
     return gym.spaces.Discrete(5)
+
+
+def test_ad_collects_from_the_ppo_source(tmp_path: Path) -> None:
+    """`source=ppo` gives AD/DT the paper's source: one PPO learner per training goal."""
+    proc = run_agent(
+        "agents.ad", "collect", tmp_path, "source=ppo", "source.steps_per_goal=200",
+        "source.rollout_len=100", "source.num_minibatches=2", "source.update_epochs=1",
+    )  # fmt: skip
+    assert "160 episodes, 16000 steps" in proc.stdout  # 80 goals x 2 episodes of 100 steps
+    assert "ppo_" in proc.stdout
