@@ -310,8 +310,12 @@ def run_cli(
         print(f"Usage: {_program()} [{'|'.join(commands)}] [KEY=VALUE ...] [HYDRA FLAGS]")
         print(f"Commands: {names} (default: {DEFAULT_COMMAND})\n")
 
+    _SWEPT_KEYS.clear()
+    _SWEPT_KEYS.update(_swept_keys(overrides) - {"seed", "cmd"})
+
     @hydra.main(config_path=f"pkg://{CONFIG_MODULE}", config_name=config_name, version_base="1.3")
     def _dispatch(cfg: DictConfig) -> Any:
+        _name_sweep_job(cfg)
         try:
             return commands[cfg.cmd](cfg)
         except ConfigError as e:
@@ -332,6 +336,40 @@ def run_cli(
 
 
 # ---------------------------------------------------------------- run directory
+
+
+_SWEPT_KEYS: set[str] = set()
+
+
+def _swept_keys(overrides: list[str]) -> set[str]:
+    """Keys given several values on the command line (`lr=1e-3,1e-4`, `range(...)`)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(overrides)
+    except Exception:  # malformed overrides are reported by check_overrides / Hydra itself
+        return set()
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
+def _name_sweep_job(cfg: DictConfig) -> None:
+    """Give each job of a `--multirun` sweep its own run name (and so run dir and W&B id).
+
+    `run_name` is `{env}__{agent}__{seed}`: a sweep over anything but the seed would otherwise
+    write every job into one directory. The job's values of the swept keys other than the seed
+    are appended, unless the user set `run_name` or `run_dir` themselves.
+    """
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    overrides = HydraConfig.get().overrides.task
+    if any(o.split("=", 1)[0].lstrip("+~") in ("run_name", "run_dir") for o in overrides):
+        return
+    extra = sorted(o for o in overrides if o.split("=", 1)[0].lstrip("+~") in _SWEPT_KEYS)
+    if extra:
+        cfg.run_name = f"{cfg.run_name}__{','.join(extra)}".replace("/", "-")
 
 
 def _rank() -> int:

@@ -87,6 +87,16 @@ def test_multirun_runs_one_job_per_choice_with_flags_between_overrides(tmp_path:
     assert len(list(tmp_path.glob("multirun/*/*/.hydra/config.yaml"))) == 2
 
 
+def test_sweep_over_a_non_seed_key_gives_each_job_its_own_run_dir(tmp_path: Path) -> None:
+    res = cli(tmp_path, "--multirun", "agent.d_model=8,16", "logger.mode=disabled")
+    assert res.returncode == 0, res.stderr
+    got = {g["d_model"]: g["run_dir"] for g in received(tmp_path)}
+    assert got == {
+        8: "runs/darkroom__ad__0__agent.d_model=8",
+        16: "runs/darkroom__ad__0__agent.d_model=16",
+    }
+
+
 def test_help_lists_commands_and_info_shows_defaults_tree(tmp_path: Path) -> None:
     res = cli(tmp_path, "--help")
     assert res.returncode == 0, res.stderr
