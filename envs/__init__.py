@@ -17,6 +17,16 @@ from envs.darkroom import (
     darkroom_step,
     keydoor_reward,
 )
+from envs.matrix_games import (
+    GAMES,
+    PARTNERS,
+    MatrixGame,
+    MatrixGameEnv,
+    SingleAgentMatrixGame,
+    best_response_value,
+    make_game,
+    make_partner,
+)
 from envs.registry import (
     make,
     make_tasks,
@@ -27,6 +37,14 @@ from envs.registry import (
 )
 
 __all__ = [
+    "GAMES",
+    "PARTNERS",
+    "MatrixGame",
+    "MatrixGameEnv",
+    "SingleAgentMatrixGame",
+    "best_response_value",
+    "make_game",
+    "make_partner",
     "DarkRoomEnv",
     "DarkRoomTasks",
     "KeyDoorEnv",

@@ -73,10 +73,11 @@ def tagged(tag: str, label: str) -> str:
     return f"<{tag}>{label}</{tag}>"
 
 
-def invalid_answer_feedback(tags: Sequence[str], labels: Sequence[str]) -> str:
+def invalid_answer_feedback(tags: Sequence[str], labels: Sequence[Sequence[str]]) -> str:
     """What a re-ask says after an unparseable answer (TextArena style: name the format)."""
-    fmt = "".join(tagged(t, "X") for t in tags)
-    return (
-        f"Your answer could not be read. Reply with {fmt}, where X is exactly one of: "
-        f"{', '.join(labels)}."
+    names = "XYZ"
+    fmt = "".join(tagged(t, names[k]) for k, t in enumerate(tags))
+    valid = "; ".join(
+        f"{names[k]} is exactly one of: {', '.join(ls)}" for k, ls in enumerate(labels)
     )
+    return f"Your answer could not be read. Reply with {fmt}, where {valid}."
