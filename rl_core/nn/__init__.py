@@ -1,5 +1,15 @@
 """Shared neural-network blocks (reused by every agent, never copied)."""
 
 from rl_core.nn.gpt import GPT, GPTConfig, KVCache
+from rl_core.nn.layers import AdaLayerNorm, CrossAttention, step_causal_mask
+from rl_core.nn.sampling import sample_logits
 
-__all__ = ["GPT", "GPTConfig", "KVCache"]
+__all__ = [
+    "GPT",
+    "AdaLayerNorm",
+    "CrossAttention",
+    "GPTConfig",
+    "KVCache",
+    "sample_logits",
+    "step_causal_mask",
+]

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from rl_core.nn.layers import CrossAttention
+
 
 @dataclass
 class GPTConfig:
@@ -35,6 +37,8 @@ class GPTConfig:
     max_len: int = 1024  # longest token sequence (learned positions / RoPE table size)
     pos: str = "rope"  # rope | learned | none
     mlp_ratio: int = 4
+    cross_attn: bool = False  # a cross-attention layer after every self-attention (RA-DT)
+    d_context: int | None = None  # width of the cross-attended context (default d_model)
 
     def __post_init__(self) -> None:
         if self.d_model % self.n_head:
@@ -133,12 +137,18 @@ def causal_mask(n_new: int, n_total: int, device: torch.device) -> Tensor:
 
 
 class Block(nn.Module):
-    """Pre-norm transformer block: x + SA(LN(x)), then x + MLP(LN(x))."""
+    """Pre-norm block: x + SA(LN(x)), [x + CA(LN(x), context)], then x + MLP(LN(x))."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.d_model)
         self.attn = SelfAttention(cfg)
+        self.ln_cross = nn.LayerNorm(cfg.d_model) if cfg.cross_attn else None
+        self.cross = (
+            CrossAttention(cfg.d_model, cfg.n_head, cfg.dropout, cfg.d_context)
+            if cfg.cross_attn
+            else None
+        )
         self.ln2 = nn.LayerNorm(cfg.d_model)
         self.mlp = nn.Sequential(
             nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model),
@@ -147,8 +157,10 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x, rope, cache, layer, attn_mask):
+    def forward(self, x, rope, cache, layer, attn_mask, context=None, context_mask=None):
         x = x + self.attn(self.ln1(x), rope, cache, layer, attn_mask)
+        if self.cross is not None and context is not None:
+            x = x + self.cross(self.ln_cross(x), context, context_mask)
         return x + self.mlp(self.ln2(x))
 
 
@@ -172,8 +184,15 @@ class GPT(nn.Module):
         return KVCache(self.cfg.n_layer, window or self.cfg.max_len)
 
     def forward(
-        self, x: Tensor, cache: KVCache | None = None, attn_mask: Tensor | None = None
+        self,
+        x: Tensor,
+        cache: KVCache | None = None,
+        attn_mask: Tensor | None = None,
+        context: Tensor | None = None,
+        context_mask: Tensor | None = None,
     ) -> Tensor:
+        """x (b n d); `context (b m d_ctx)` is cross-attended when the config has `cross_attn`
+        (`context_mask` (b n m) bool, True = may attend); it is not cached."""
         n = x.shape[1]
         if cache is not None and n > cache.window:
             # the cache is trimmed before attention: the first n - window queries would see nothing
@@ -191,7 +210,7 @@ class GPT(nn.Module):
             x = x + self.pos_emb(positions)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, cache, i, attn_mask)
+            x = block(x, rope, cache, i, attn_mask, context, context_mask)
         if cache is not None:
             cache.offset += n
         return self.ln_f(x)
