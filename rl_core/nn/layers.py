@@ -31,13 +31,23 @@ class CrossAttention(nn.Module):
             raise ValueError(f"d_model={d_model} must be divisible by n_head={n_head}")
         self.n_head = n_head
         self.q = nn.Linear(d_model, d_model)
-        self.kv = nn.Linear(d_context or d_model, 2 * d_model)
+        self.k = nn.Linear(d_context or d_model, d_model)
+        self.v = nn.Linear(d_context or d_model, d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+    def forward(
+        self,
+        x: Tensor,
+        context: Tensor,
+        mask: Tensor | None = None,
+        value_context: Tensor | None = None,
+    ) -> Tensor:
+        """Keys from `context`, values from `value_context` (default: the same tokens)."""
+        value_context = context if value_context is None else value_context
         q = rearrange(self.q(x), "b n (h e) -> b h n e", h=self.n_head)
-        k, v = rearrange(self.kv(context), "b m (two h e) -> two b h m e", two=2, h=self.n_head)
+        k = rearrange(self.k(context), "b m (h e) -> b h m e", h=self.n_head)
+        v = rearrange(self.v(value_context), "b m (h e) -> b h m e", h=self.n_head)
         if mask is not None:
             mask = mask if mask.dim() == 4 else mask[:, None]
             empty = ~mask.any(dim=-1, keepdim=True)  # (b h|1 n 1)
