@@ -150,17 +150,15 @@ def train(cfg: DictConfig) -> nn.Module:
         model,
         ad_loss,
         lambda store: ADWindowSampler(store, context),
-        make_policy(cfg, agent_cfg, context),
-        agent_cfg.eval_trials,
+        icl.icl_evaluator(cfg, make_policy(cfg, agent_cfg, context), agent_cfg.eval_trials),
     )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Re-run the in-context evaluation of a trained run (`run_dir/checkpoints/last.pt`)."""
     model, agent_cfg, context = build(cfg)
-    return icl.evaluate_agent(
-        cfg, model, make_policy(cfg, agent_cfg, context), agent_cfg.eval_trials
-    )
+    policy = make_policy(cfg, agent_cfg, context)
+    return icl.evaluate_agent(cfg, model, icl.icl_evaluator(cfg, policy, agent_cfg.eval_trials))
 
 
 if __name__ == "__main__":

@@ -34,7 +34,7 @@ from einops import rearrange
 from omegaconf import DictConfig
 from torch import Tensor, nn
 
-from agents import icl
+from agents import alignment, icl
 from rl_core.cli import run_cli
 from rl_core.config import to_dataclass
 from rl_core.data import DTWindowSampler
@@ -56,6 +56,7 @@ class DTConfig:
     target_std: float = 5.0
     temperature: float = 1.0  # action sampling temperature at evaluation (0 = greedy)
     top_p: float = 0.5  # nucleus sampling at evaluation, as RA-DT evaluates Dark-Room policies
+    num_targets: int = 7  # `align`: targets between the 5th and 95th dataset return percentile
 
 
 class DTModel(nn.Module):
@@ -204,16 +205,34 @@ def train(cfg: DictConfig) -> nn.Module:
         model,
         dt_loss,
         lambda store: DTWindowSampler(store, agent_cfg.context_len),
-        make_policy(cfg, agent_cfg),
-        agent_cfg.eval_trials,
+        icl.icl_evaluator(cfg, make_policy(cfg, agent_cfg), agent_cfg.eval_trials),
     )
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Re-run the in-context evaluation of a trained run (`run_dir/checkpoints/last.pt`)."""
     model, agent_cfg = build(cfg)
-    return icl.evaluate_agent(cfg, model, make_policy(cfg, agent_cfg), agent_cfg.eval_trials)
+    policy = make_policy(cfg, agent_cfg)
+    return icl.evaluate_agent(cfg, model, icl.icl_evaluator(cfg, policy, agent_cfg.eval_trials))
+
+
+def align(cfg: DictConfig) -> dict[str, float]:
+    """Return alignment of a trained DT (`agents.alignment`), for Return-Aligned DT's table."""
+    from agents.return_aligned_dt import WindowPolicy
+
+    model, agent_cfg = build(cfg)
+
+    def factory(model: nn.Module, device: torch.device, targets: np.ndarray) -> WindowPolicy:
+        return WindowPolicy(
+            model, agent_cfg.context_len, targets, device, cfg.seed,
+            agent_cfg.temperature, agent_cfg.top_p,
+        )  # fmt: skip
+
+    evaluator = alignment.make_evaluator(cfg, "dt", factory, agent_cfg.num_targets)
+    return icl.evaluate_agent(cfg, model, evaluator)
 
 
 if __name__ == "__main__":
-    run_cli({"train": train, "eval": evaluate, "collect": icl.collect}, config_name="dt")
+    run_cli(
+        {"train": train, "eval": evaluate, "align": align, "collect": icl.collect}, config_name="dt"
+    )

@@ -162,15 +162,22 @@ def make_evaluator(
     return evaluate
 
 
+EvaluatorFactory = Callable[[Any], Callable[[nn.Module, int], dict[str, float]]]
+
+
+def icl_evaluator(cfg: DictConfig, make_policy: PolicyFactory, trials: int) -> EvaluatorFactory:
+    """The default evaluation of a sequence agent: the in-context trial, given the logger."""
+    return lambda logger: make_evaluator(cfg, cfg.agent.name, make_policy, trials, logger)
+
+
 def train_agent(
     cfg: DictConfig,
     model: nn.Module,
     loss_fn: Callable[[nn.Module, dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]],
     make_sampler: Callable[[EpisodeStore], Any],
-    make_policy: PolicyFactory,
-    trials: int,
+    evaluate: EvaluatorFactory,
 ) -> nn.Module:
-    """`train` of a sequence agent: histories -> sampler -> Trainer, evaluated in context."""
+    """`train` of a sequence agent: histories -> sampler -> Trainer, then `evaluate(logger)`."""
     run_dir = setup_run(cfg)
     store = learning_histories(cfg)
     sampler = make_sampler(store)
@@ -185,7 +192,7 @@ def train_agent(
             run_dir=run_dir,
             loss_fn=loss_fn,
             sample_batch=sampler.sample,
-            evaluate=make_evaluator(cfg, cfg.agent.name, make_policy, trials, logger),
+            evaluate=evaluate(logger),
             logger=logger,
             seed=cfg.seed,
             device=cfg.device,
@@ -195,15 +202,15 @@ def train_agent(
 
 
 def evaluate_agent(
-    cfg: DictConfig, model: nn.Module, make_policy: PolicyFactory, trials: int
+    cfg: DictConfig, model: nn.Module, evaluate: EvaluatorFactory
 ) -> dict[str, float]:
-    """`eval` of a sequence agent: reload `run_dir/checkpoints/last.pt`, run the trial again."""
+    """`eval` of a sequence agent: reload `run_dir/checkpoints/last.pt`, evaluate again."""
     run_dir = Path(cfg.run_dir)
     step = Trainer.load_weights(model, run_dir)
     model.to(resolve_device(cfg.device)).eval()
     logger_cfg = to_dataclass(cfg.logger, LoggerConfig, "logger")
     with Logger(logger_cfg, run_dir, cfg.run_name, {}) as logger:
-        metrics = make_evaluator(cfg, cfg.agent.name, make_policy, trials, logger)(model, step)
+        metrics = evaluate(logger)(model, step)
     print(metrics)
     return metrics
 

@@ -1,0 +1,112 @@
+"""Return alignment (Return-Aligned DT, Tanaka et al. 2024): does the achieved return follow the target?
+
+Targets are evenly spaced between the 5th and 95th percentile of the dataset's episode returns
+(the paper's protocol). Each target is tried once on each of the first `tasks` training tasks
+(Dark-Room goals the data covers, so the return is controllable: reach the goal earlier or later),
+all (task, target) pairs batched in one rollout. The metric per target is |mean achieved −
+target|; rows go to `results/return_alignment/alignment.csv` with the columns
+`env,agent,seed,target,achieved,abs_error` (rows of the same env, agent and seed are replaced).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from torch import nn
+
+from agents.qlearning import darkroom_tasks
+from agents.sources import learning_histories
+from rl_core.rollout import Policy, rollout
+
+COLUMNS = ("env", "agent", "seed", "target", "achieved", "abs_error")
+ALIGN_TASKS = 20  # training goals per target
+
+
+def return_targets(episode_returns: np.ndarray, n: int) -> np.ndarray:
+    """`n` targets evenly spaced between the 5th and 95th percentile of the returns."""
+    low, high = np.percentile(episode_returns, [5, 95])
+    return np.linspace(low, high, n)
+
+
+def dataset_returns(cfg: DictConfig) -> np.ndarray:
+    store = learning_histories(cfg, progress=False)
+    reward = np.asarray(store.column("reward"), dtype=np.float64)
+    return np.add.reduceat(reward, store.episode_starts)
+
+
+def evaluate_alignment(
+    cfg: DictConfig,
+    make_policy: Callable[[np.ndarray], Policy],
+    targets: np.ndarray,
+    tasks: int = ALIGN_TASKS,
+) -> np.ndarray:
+    """Mean achieved return per target over the first `tasks` training goals."""
+    split = darkroom_tasks(cfg.env)
+    env_fns = split.env_fns("train")[:tasks]
+    per_env_targets = np.repeat(targets, len(env_fns))
+    result = rollout(
+        env_fns * len(targets), make_policy(per_env_targets), episodes=1, seed=cfg.seed,
+        progress=False, desc="alignment",
+    )  # fmt: skip
+    return result.returns[:, 0].reshape(len(targets), len(env_fns)).mean(axis=1)
+
+
+def write_rows(path: Path, env: str, agent: str, seed: int, targets, achieved) -> None:
+    rows: list[dict[str, str]] = []
+    if path.exists():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            if tuple(reader.fieldnames or ()) != COLUMNS:
+                raise ValueError(f"{path}: columns {reader.fieldnames}, expected {list(COLUMNS)}")
+            rows = [
+                r for r in reader
+                if not (r["env"] == env and r["agent"] == agent and int(r["seed"]) == seed)
+            ]  # fmt: skip
+    for target, value in zip(targets, achieved, strict=True):
+        rows.append({
+            "env": env, "agent": agent, "seed": str(seed), "target": f"{target:.2f}",
+            "achieved": f"{value:.2f}", "abs_error": f"{abs(value - target):.2f}",
+        })  # fmt: skip
+    rows.sort(key=lambda r: (r["env"], r["agent"], int(r["seed"]), float(r["target"])))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    tmp.replace(path)
+
+
+def make_evaluator(
+    cfg: DictConfig,
+    agent: str,
+    policy_factory: Callable[[nn.Module, torch.device, np.ndarray], Policy],
+    num_targets: int,
+):
+    """An evaluator factory (logger -> evaluate(model, step)) for `agents.icl.train_agent`."""
+
+    def with_logger(logger: Any) -> Callable[[nn.Module, int], dict[str, float]]:
+        def evaluate(model: nn.Module, step: int) -> dict[str, float]:
+            device = next(model.parameters()).device
+            targets = return_targets(dataset_returns(cfg), num_targets)
+            achieved = evaluate_alignment(
+                cfg, lambda per_env: policy_factory(model, device, per_env), targets
+            )
+            env = f"{cfg.env.name}_{cfg.env.width}x{cfg.env.height}"
+            path = Path(cfg.results_dir) / "return_alignment" / "alignment.csv"
+            write_rows(path, env, agent, int(cfg.seed), targets, achieved)
+            error = float(np.mean(np.abs(achieved - targets)))
+            if logger is not None:
+                for target, value in zip(targets, achieved, strict=True):
+                    logger.log({"eval/step": step, f"eval/achieved@{target:.0f}": float(value)})
+            return {"alignment_error": error}
+
+        return evaluate
+
+    return with_logger
