@@ -94,7 +94,7 @@ class OpenAIConfig:
     seed: bool = True  # send the policy's seed (servers that support it are then repeatable)
     constrained: str = "none"  # none | structured_outputs (vLLM >= 0.12) | guided_choice
     concurrency: int = 8  # parallel requests (one per env)
-    extra_body: dict[str, Any] = field(default_factory=dict)  # passed through, e.g. {top_k: 1}
+    extra_body: dict[str, Any] = field(default_factory=dict)  # merged into the body; null drops
 
     def __post_init__(self) -> None:
         if self.constrained not in ("none", "structured_outputs", "guided_choice"):
@@ -142,7 +142,11 @@ class OpenAIBackend:
                 body["structured_outputs"] = {"choice": list(query.choices)}
             else:
                 body["guided_choice"] = list(query.choices)
-        body.update(cfg.extra_body)
+        for key, value in cfg.extra_body.items():  # null removes a field (max_tokens on o1)
+            if value is None:
+                body.pop(key, None)
+            else:
+                body[key] = value
         return body
 
     def answer(self, query: Query, timeout_s: float | None = None) -> Answer:
@@ -234,20 +238,18 @@ class HFBackend:
     name = "hf"
     concurrency = 1  # one model, one forward pass at a time
 
-    def __init__(
-        self, cfg: HFConfig, model: str | Path, seed: int | None = None, model_obj: Any = None
-    ) -> None:
+    def __init__(self, cfg: HFConfig, model: str | Path, seed: int | None = None) -> None:
+        path = Path(model)
+        if not path.exists():  # checked before the slow imports
+            raise FatalBackendError(
+                f"backend=hf: model path {str(path)!r} does not exist (this backend loads local "
+                "weights only; download them beforehand, e.g. with `hf download`)"
+            )
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from rl_core.utils import resolve_device
 
-        path = Path(model)
-        if model_obj is None and not path.exists():
-            raise FatalBackendError(
-                f"backend=hf: model path {str(path)!r} does not exist (this backend loads local "
-                "weights only; download them beforehand, e.g. with `hf download`)"
-            )
         self.cfg = cfg
         self.model = path.name or str(path)
         self.device = resolve_device(cfg.device)
@@ -260,7 +262,7 @@ class HFBackend:
         self.tokenizer = AutoTokenizer.from_pretrained(
             str(path), local_files_only=True, trust_remote_code=cfg.trust_remote_code
         )
-        self.lm = model_obj or AutoModelForCausalLM.from_pretrained(
+        self.lm = AutoModelForCausalLM.from_pretrained(
             str(path),
             local_files_only=True,
             dtype=dtype,

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import random
-import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -131,7 +130,6 @@ class LLMPolicy:
         self.log_path = Path(log_path) if (log_path and self.cfg.log_steps) else None
         self._log: Any = None
         self._pool: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
         self.stats = {  # totals over the policy's life (per-env counters are reset by reset)
             "questions": 0,
             "unparseable_answers": 0,

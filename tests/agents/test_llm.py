@@ -161,6 +161,9 @@ def test_openai_constrained_choice_body():
     assert body["structured_outputs"]["choice"] == list(act.choices)
     cot = build_queries(rps_text(), [], "cot", [0, 1, 2])[0]
     assert "structured_outputs" not in OpenAIBackend(cfg, "m").request_body(cot)
+    extra = {"max_tokens": None, "max_completion_tokens": 9, "top_k": 1}
+    body = OpenAIBackend(OpenAIConfig(extra_body=extra), "m").request_body(act)
+    assert "max_tokens" not in body and body["max_completion_tokens"] == 9 and body["top_k"] == 1
     with pytest.raises(ValueError, match="constrained"):
         OpenAIConfig(constrained="maybe")
 
@@ -242,6 +245,13 @@ def test_hf_backend_answers_are_always_valid(tiny_lm):
             probs = ans.info["branch_probs"]
             assert len(probs) == len(q.tags)  # one branching forward pass per answer field
             assert all(abs(sum(p.values()) - 1) < 1e-3 for p in probs)
+    # A tokenizer with a chat template (instruct models) renders the messages with it.
+    backend.tokenizer.chat_template = (
+        "{% for m in messages %}<|{{ m.role }}|>{{ m.content }}\n{% endfor %}<|assistant|>"
+    )
+    q = build_queries(rps_text(), history, "plain", [0, 1, 2])[0]
+    assert backend._prompt_text(q.messages).startswith("<|system|>You are a player")
+    assert backend.answer(q).text in q.choices
 
 
 def test_hf_backend_truncates_long_prompts(tmp_path):
