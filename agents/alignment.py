@@ -1,9 +1,11 @@
 """Return alignment (Return-Aligned DT, Tanaka et al. 2024): does the achieved return follow the target?
 
 Targets are evenly spaced between the 5th and 95th percentile of the dataset's episode returns
-(the paper's protocol). Each target is tried once on each of the first `tasks` training tasks
-(Dark-Room goals the data covers, so the return is controllable: reach the goal earlier or later),
-all (task, target) pairs batched in one rollout. The metric per target is |mean achieved −
+(the paper's protocol), each tried for 20 episodes on the training tasks, all batched in one
+rollout. The return is only controllable when the policy can know where the goal is: Dark-Room
+hides it, so a DT trained on many goals cannot find it, let alone time its arrival. The
+alignment test bed is therefore a single-goal dataset (`experiment=alignment`: one training goal,
+many learning histories), where reaching the goal earlier or later sets the return. The metric per target is |mean achieved −
 target|; rows go to `results/return_alignment/alignment.csv` with the columns
 `env,agent,seed,target,achieved,abs_error` (rows of the same env, agent and seed are replaced).
 """
@@ -25,7 +27,7 @@ from agents.sources import learning_histories
 from rl_core.rollout import Policy, rollout
 
 COLUMNS = ("env", "agent", "seed", "target", "achieved", "abs_error")
-ALIGN_TASKS = 20  # training goals per target
+EPISODES_PER_TARGET = 20
 
 
 def return_targets(episode_returns: np.ndarray, n: int) -> np.ndarray:
@@ -44,11 +46,11 @@ def evaluate_alignment(
     cfg: DictConfig,
     make_policy: Callable[[np.ndarray], Policy],
     targets: np.ndarray,
-    tasks: int = ALIGN_TASKS,
+    episodes: int = EPISODES_PER_TARGET,
 ) -> np.ndarray:
-    """Mean achieved return per target over the first `tasks` training goals."""
-    split = darkroom_tasks(cfg.env)
-    env_fns = split.env_fns("train")[:tasks]
+    """Mean achieved return per target, `episodes` episodes each, cycling over the train tasks."""
+    train_fns = darkroom_tasks(cfg.env).env_fns("train")
+    env_fns = [train_fns[i % len(train_fns)] for i in range(episodes)]
     per_env_targets = np.repeat(targets, len(env_fns))
     result = rollout(
         env_fns * len(targets), make_policy(per_env_targets), episodes=1, seed=cfg.seed,
