@@ -112,3 +112,29 @@ def make_evaluator(
         return evaluate
 
     return with_logger
+
+
+def summary_table(path: Path) -> str:
+    """Markdown: mean |achieved − target| per (env, agent), mean ± std over seeds."""
+    per_run: dict[tuple[str, str], dict[int, list[float]]] = {}
+    with path.open(newline="") as f:
+        for r in csv.DictReader(f):
+            seeds = per_run.setdefault((r["env"], r["agent"]), {})
+            seeds.setdefault(int(r["seed"]), []).append(float(r["abs_error"]))
+    lines = ["| env | agent | seeds | mean abs error |", "|---|---|---|---|"]
+    for (env, agent), seeds in sorted(per_run.items()):
+        errors = np.array([np.mean(v) for v in seeds.values()])
+        lines.append(
+            f"| {env} | {agent} | {len(errors)} | {errors.mean():.2f} ± {errors.std():.2f} |"
+        )
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(
+        summary_table(
+            Path(sys.argv[1] if len(sys.argv) > 1 else "results/return_alignment/alignment.csv")
+        )
+    )

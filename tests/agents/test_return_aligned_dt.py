@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from agents.alignment import COLUMNS, return_targets, write_rows
+from agents.alignment import COLUMNS, return_targets, summary_table, write_rows
 from agents.return_aligned_dt import RADTConfig, ReturnAlignedDT
 
 
@@ -101,3 +101,29 @@ def test_alignment_rows_replace_the_same_run_and_keep_others(tmp_path: Path) -> 
         ("return_aligned_dt", "10.00"): ("10.50", "0.50"),
         ("return_aligned_dt", "50.00"): ("49.00", "1.00"),
     }
+
+
+def test_summary_table_averages_errors_per_run_then_over_seeds(tmp_path: Path) -> None:
+    path = tmp_path / "alignment.csv"
+    write_rows(path, "darkroom_10x10", "dt", 0, [10.0, 50.0], [12.0, 40.0])  # errors 2, 10 -> 6
+    write_rows(path, "darkroom_10x10", "dt", 1, [10.0, 50.0], [10.0, 46.0])  # errors 0, 4 -> 2
+    table = summary_table(path)
+    assert "| darkroom_10x10 | dt | 2 | 4.00 ± 2.00 |" in table
+
+
+def test_train_then_align_cli_writes_the_alignment_table(tmp_path: Path) -> None:
+    from tests.agents.test_ad_dt import run_agent
+
+    tiny = ["experiment=alignment", "source.episodes=20", "source.histories_per_task=2"]
+    run_agent(
+        "agents.return_aligned_dt", "train", tmp_path, *tiny, "train.steps=10",
+        "train.batch_size=4", "agent.num_targets=3",
+    )  # fmt: skip
+    run_agent("agents.dt", "train", tmp_path, *tiny, "train.steps=10", "train.batch_size=4",
+              "agent.eval_trials=1", "run_dir=" + str(tmp_path / "dt_run"))  # fmt: skip
+    run_agent("agents.dt", "align", tmp_path, *tiny, "agent.num_targets=3",
+              "run_dir=" + str(tmp_path / "dt_run"))  # fmt: skip
+    with (tmp_path / "results" / "return_alignment" / "alignment.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({r["agent"] for r in rows}) == ["dt", "return_aligned_dt"]
+    assert len(rows) == 6
