@@ -166,12 +166,21 @@ class DTPolicy:
         query_pos = self.cache.offset + torch.arange(n_new, device=self.device)
         attn = causal_mask(n_new, total, self.device)[None] & visible[:, None, :]
         attn = attn | (key_pos[None, None, :] == query_pos[None, :, None])  # a query sees itself
-        h = model.gpt(tokens, cache=self.cache, attn_mask=attn[:, None])
+        context, context_mask = self.cross_context()
+        h = model.gpt(
+            tokens, cache=self.cache, attn_mask=attn[:, None], context=context,
+            context_mask=context_mask,
+        )  # fmt: skip
         logits = model.head(h[:, -1])
+        self.last_logits = logits
         action = sample_logits(logits, self.cfg.temperature, self.generator, self.cfg.top_p)
         self.last_action = action
         self.new_episode = torch.zeros_like(self.new_episode)
         return action.cpu().numpy()
+
+    def cross_context(self) -> tuple[Tensor | None, Tensor | None]:
+        """Cross-attended context for this step; none for DT (RA-DT returns its retrieval)."""
+        return None, None
 
     def observe(self, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
         rewards_t = torch.as_tensor(rewards, device=self.device).float()
