@@ -25,6 +25,7 @@ from torch import nn
 from agents.qlearning import darkroom_tasks
 from agents.sources import learning_histories
 from rl_core.rollout import Policy, rollout
+from rl_core.tables import upsert_rows
 
 COLUMNS = ("env", "agent", "seed", "target", "achieved", "abs_error")
 EPISODES_PER_TARGET = 20
@@ -60,29 +61,16 @@ def evaluate_alignment(
 
 
 def write_rows(path: Path, env: str, agent: str, seed: int, targets, achieved) -> None:
-    rows: list[dict[str, str]] = []
-    if path.exists():
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != COLUMNS:
-                raise ValueError(f"{path}: columns {reader.fieldnames}, expected {list(COLUMNS)}")
-            rows = [
-                r for r in reader
-                if not (r["env"] == env and r["agent"] == agent and int(r["seed"]) == seed)
-            ]  # fmt: skip
-    for target, value in zip(targets, achieved, strict=True):
-        rows.append({
-            "env": env, "agent": agent, "seed": str(seed), "target": f"{target:.2f}",
-            "achieved": f"{value:.2f}", "abs_error": f"{abs(value - target):.2f}",
-        })  # fmt: skip
-    rows.sort(key=lambda r: (r["env"], r["agent"], int(r["seed"]), float(r["target"])))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(path)
+    """Replace the rows of (env, agent, seed) in the alignment table."""
+    rows = [
+        {"env": env, "agent": agent, "seed": seed, "target": f"{target:.2f}",
+         "achieved": f"{value:.2f}", "abs_error": f"{abs(value - target):.2f}"}
+        for target, value in zip(targets, achieved, strict=True)
+    ]  # fmt: skip
+    upsert_rows(
+        path, COLUMNS, rows, key=("env", "agent", "seed"),
+        sort_key=lambda r: (r["env"], r["agent"], int(r["seed"]), float(r["target"])),
+    )  # fmt: skip
 
 
 def make_evaluator(

@@ -26,6 +26,7 @@ from rl_core.config import to_dataclass
 from rl_core.data import EpisodeStore
 from rl_core.logging import Logger, LoggerConfig
 from rl_core.rollout import Policy, RolloutResult, rollout
+from rl_core.tables import upsert_rows
 from rl_core.train import TrainConfig, Trainer
 from rl_core.utils import resolve_device
 
@@ -68,27 +69,14 @@ def results_paths(cfg: DictConfig) -> tuple[Path, Path]:
 
 def write_curve(csv_path: Path, agent: str, seed: int, curve: np.ndarray) -> None:
     """Replace the rows of (agent, seed) in the table with `curve`; keep everything else."""
-    rows: list[dict[str, str]] = []
-    if csv_path.exists():
-        with csv_path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            if tuple(reader.fieldnames or ()) != CSV_COLUMNS:
-                raise ValueError(
-                    f"{csv_path}: columns {reader.fieldnames}, expected {list(CSV_COLUMNS)}"
-                )
-            rows = [r for r in reader if not (r["agent"] == agent and int(r["seed"]) == seed)]
-    rows += [
-        {"agent": agent, "seed": str(seed), "trial": str(k), "mean_reward": f"{v:.4f}"}
+    rows = [
+        {"agent": agent, "seed": seed, "trial": k, "mean_reward": f"{v:.4f}"}
         for k, v in enumerate(curve, start=1)
     ]
-    rows.sort(key=lambda r: (r["agent"], int(r["seed"]), int(r["trial"])))
-    csv_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = csv_path.with_suffix(".csv.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    tmp.replace(csv_path)
+    upsert_rows(
+        csv_path, CSV_COLUMNS, rows, key=("agent", "seed"),
+        sort_key=lambda r: (r["agent"], int(r["seed"]), int(r["trial"])),
+    )  # fmt: skip
 
 
 def read_curves(csv_path: Path) -> dict[str, np.ndarray]:

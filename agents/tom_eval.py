@@ -27,7 +27,6 @@ the policy's counters are per-env arrays), ``summarize`` adds means with 95% Stu
 from __future__ import annotations
 
 import csv
-import io
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -48,6 +47,7 @@ from rl_core.cli import setup_run
 from rl_core.config import ConfigError, to_dataclass
 from rl_core.logging import Logger, LoggerConfig
 from rl_core.rollout import rollout
+from rl_core.tables import upsert_rows
 
 COLUMNS = (
     "game",
@@ -342,16 +342,11 @@ def write_summary(rows: Iterable[Mapping[str, Any]], path: str | Path) -> list[d
     """Merge ``rows`` into the CSV at ``path``: rows with the same (game, partner, agent, seed)
     are replaced, all others kept; sorted; written atomically. Returns the table's rows."""
     path = Path(path)
-    new = [{c: r[c] for c in COLUMNS} for r in rows]
-    keys = {tuple(str(r[k]) for k in KEY) for r in new}
-    kept = [r for r in read_summary(path) if tuple(str(r[k]) for k in KEY) not in keys]
-    table = sorted(kept + new, key=lambda r: (r["game"], r["partner"], r["agent"], int(r["seed"])))
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(COLUMNS)
-    for r in table:
-        writer.writerow([_fmt(c, r[c]) for c in COLUMNS])
-    _atomic_write(path, out.getvalue())
+    new = [{c: _fmt(c, r[c]) for c in COLUMNS} for r in rows]
+    upsert_rows(
+        path, COLUMNS, new, key=KEY,
+        sort_key=lambda r: (r["game"], r["partner"], r["agent"], int(r["seed"])),
+    )  # fmt: skip
     return read_summary(path)
 
 

@@ -1,0 +1,52 @@
+"""Result tables as CSV files that several runs update: replace your rows, keep everyone else's.
+
+Why: `results/*.csv` collect rows from many runs (agents x seeds x ...); a run must replace only
+the rows it owns (same key columns), never lose other rows, and never leave a half-written file.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
+    """All rows of `path` (none if it does not exist); a wrong header is a clear error."""
+    if not path.exists():
+        return []
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != tuple(columns):
+            raise ValueError(f"{path}: columns {reader.fieldnames}, expected {list(columns)}")
+        return list(reader)
+
+
+def upsert_rows(
+    path: Path,
+    columns: Sequence[str],
+    rows: Iterable[Mapping[str, Any]],
+    key: Sequence[str],
+    sort_key: Callable[[Mapping[str, str]], Any],
+) -> list[dict[str, str]]:
+    """Write `rows` into the table, replacing existing rows with the same `key` columns.
+
+    Values are written as given (format them first); the file is replaced atomically.
+    """
+    path = Path(path)
+    new = [{c: str(r[c]) for c in columns} for r in rows]
+    owned = {tuple(r[k] for k in key) for r in new}
+    kept = [r for r in read_rows(path, columns) if tuple(r[k] for k in key) not in owned]
+    table = sorted(kept + new, key=sort_key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(table)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return table
