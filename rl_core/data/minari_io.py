@@ -45,8 +45,9 @@ def _check_space(space: Any, what: str) -> None:
 
     flat = (gym.spaces.Box, gym.spaces.Discrete, gym.spaces.MultiDiscrete, gym.spaces.MultiBinary)
     if not isinstance(space, flat):
-        raise NotImplementedError(
-            f"{what} {space} is not supported; only Box/Discrete/MultiDiscrete/MultiBinary"
+        raise ValueError(
+            f"{what} {space} cannot be exported to Minari here; supported spaces: "
+            "Box, Discrete, MultiDiscrete, MultiBinary"
         )
 
 

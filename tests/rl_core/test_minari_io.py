@@ -114,7 +114,7 @@ def test_next_obs_supplies_the_final_observation(tmp_path):
 
 def test_failed_export_leaves_no_half_dataset(tmp_path, minari_root):
     src = make_store(tmp_path / "src")
-    with pytest.raises(NotImplementedError, match="Text"):
+    with pytest.raises(ValueError, match="Text"):
         export_minari(
             src, "bad-v0", observation_space=gym.spaces.Text(5), action_space=gym.spaces.Discrete(4)
         )
