@@ -331,7 +331,7 @@ def load_run_embedder(cfg: DictConfig, a: RADTConfig, e: EmbedderConfig) -> nn.M
     path = Path(cfg.run_dir) / "embedder.pt"
     if not path.exists():
         raise FileNotFoundError(f"no embedder at {path}: run `train` first")
-    dt.load_state_dict(torch.load(path, map_location="cpu"))
+    dt.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return make_embedder(cfg, a, e, dt)
 
 

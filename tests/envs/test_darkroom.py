@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import pickle
 import warnings
 
 import gymnasium as gym
@@ -298,7 +297,13 @@ def test_env_fns_build_the_right_envs():
     assert len(fns) == 20
     built = [fn() for fn in fns]
     assert [e.goal for e in built] == tasks.eval and all(e.max_steps == 50 for e in built)
-    assert isinstance(pickle.loads(pickle.dumps(fns[0])), functools.partial)
+    # picklable constructors: async vector envs with "spawn" workers must receive them
+    spawned = gym.vector.AsyncVectorEnv(fns[:2], context="spawn")
+    try:
+        obs, _ = spawned.reset(seed=0)
+        assert obs.tolist() == [[0, 0], [0, 0]]
+    finally:
+        spawned.close()
     kd = KeyDoorTasks(40, 20)
     env = kd.env_fns("train")[5]()
     assert (env.key, env.door, env.width, env.height) == (*kd.train[5], 40, 20)
