@@ -100,18 +100,10 @@ from rl_core.utils import resolve_device
 
 
 @dataclass
-class RADTConfig:
+class RADTConfig(DTConfig):
+    """DT's settings (the policy is a DT) plus retrieval's."""
+
     name: str = "radt"
-    context_len: int = 20  # K steps of the DT window (3K tokens); also the key/query window
-    d_model: int = 64
-    n_layer: int = 2
-    n_head: int = 4
-    dropout: float = 0.1
-    eval_trials: int = 40
-    target_mean: float = 90.0  # target return sampled per episode at evaluation
-    target_std: float = 5.0
-    temperature: float = 1.0
-    top_p: float = 0.5
     retrieve_every: int = 1  # evaluation: retrieve every t steps (1 on grid-worlds)
     # retrieval (retrieval.RetrievalConfig)
     chunk: int = 25  # C: a key every C steps, values = past C + future C steps
