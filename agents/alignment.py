@@ -89,6 +89,8 @@ def make_evaluator(
                 cfg, lambda per_env: policy_factory(model, device, per_env), targets
             )
             env = f"{cfg.env.name}_{cfg.env.width}x{cfg.env.height}"
+            if cfg.source.name != "qlearning":  # a second dataset of the same env
+                env = f"{env}_{cfg.source.name}"
             path = Path(cfg.results_dir) / "return_alignment" / "alignment.csv"
             write_rows(path, env, agent, int(cfg.seed), targets, achieved)
             error = float(np.mean(np.abs(achieved - targets)))
