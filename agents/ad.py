@@ -39,7 +39,7 @@ from agents import icl
 from rl_core.cli import run_cli
 from rl_core.config import to_dataclass
 from rl_core.data import ADWindowSampler
-from rl_core.nn import GPT, GPTConfig, KVCache
+from rl_core.nn import GPT, GPTConfig, KVCache, MultiDiscreteEmbedding
 from rl_core.nn.sampling import sample_logits
 
 
@@ -63,7 +63,7 @@ class ADModel(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.n_actions = n_actions
-        self.obs_emb = nn.ModuleList([nn.Embedding(size, d) for size in obs_sizes])
+        self.obs_emb = MultiDiscreteEmbedding(obs_sizes, d)
         self.prev_action_emb = nn.Embedding(n_actions + 1, d)  # index 0: no previous action
         self.prev_reward_proj = nn.Linear(1, d)
         gpt_cfg = GPTConfig(
@@ -76,7 +76,7 @@ class ADModel(nn.Module):
         self, obs: Tensor, prev_action: Tensor, prev_reward: Tensor, cache: KVCache | None = None
     ) -> Tensor:
         """obs (b n k) int, prev_action (b n) int (-1 = none), prev_reward (b n) -> (b n A)."""
-        x = sum(emb(obs[..., i]) for i, emb in enumerate(self.obs_emb))
+        x = self.obs_emb(obs)
         x = x + self.prev_action_emb(prev_action.long() + 1)
         x = x + self.prev_reward_proj(prev_reward.float().unsqueeze(-1))
         return self.head(self.gpt(x, cache=cache))

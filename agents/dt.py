@@ -38,7 +38,7 @@ from agents import alignment, icl
 from rl_core.cli import run_cli
 from rl_core.config import to_dataclass
 from rl_core.data import DTWindowSampler
-from rl_core.nn import GPT, GPTConfig, KVCache
+from rl_core.nn import GPT, GPTConfig, KVCache, MultiDiscreteEmbedding
 from rl_core.nn.gpt import causal_mask
 from rl_core.nn.sampling import sample_logits
 
@@ -68,7 +68,7 @@ class DTModel(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.horizon = horizon
-        self.obs_emb = nn.ModuleList([nn.Embedding(size, d) for size in obs_sizes])
+        self.obs_emb = MultiDiscreteEmbedding(obs_sizes, d)
         self.action_emb = nn.Embedding(n_actions, d)
         self.rtg_proj = nn.Linear(1, d)
         self.time_emb = nn.Embedding(horizon, d)
@@ -81,7 +81,7 @@ class DTModel(nn.Module):
         self.head = nn.Linear(d, n_actions)
 
     def embed_obs(self, obs: Tensor) -> Tensor:
-        return sum(emb(obs[..., i].long()) for i, emb in enumerate(self.obs_emb))
+        return self.obs_emb(obs)
 
     def embed_rtg(self, rtg: Tensor) -> Tensor:
         return self.rtg_proj((rtg.float() / self.horizon).unsqueeze(-1))

@@ -93,7 +93,7 @@ from retrieval.memory import (
 from rl_core.cli import run_cli
 from rl_core.config import to_dataclass
 from rl_core.data import DTWindowSampler, EpisodeStore
-from rl_core.nn import GPT, GPTConfig
+from rl_core.nn import GPT, GPTConfig, MultiDiscreteEmbedding
 from rl_core.nn.gpt import causal_mask
 from rl_core.train import TrainConfig, Trainer
 from rl_core.utils import resolve_device
@@ -159,7 +159,7 @@ class RADTModel(DTModel):
         )  # fmt: skip
         self.gpt = GPT(gpt_cfg)
         # separate embeddings for retrieved tokens (official `separate_ca_embed: True`)
-        self.ctx_obs_emb = nn.ModuleList([nn.Embedding(size, d) for size in obs_sizes])
+        self.ctx_obs_emb = MultiDiscreteEmbedding(obs_sizes, d)
         self.ctx_action_emb = nn.Embedding(n_actions, d)
         self.ctx_rtg_proj = nn.Linear(1, d)
         self.ctx_reward_proj = nn.Linear(1, d)
@@ -174,7 +174,7 @@ class RADTModel(DTModel):
             flat(ctx[key]) for key in ("obs", "action", "rtg", "reward", "timestep", "mask")
         )
         t = self.ctx_time_emb(timestep.long().clamp(0, self.horizon - 1))
-        s = sum(emb(obs[..., i].long()) for i, emb in enumerate(self.ctx_obs_emb)) + t
+        s = self.ctx_obs_emb(obs) + t
         r = self.ctx_rtg_proj((rtg.float() / self.horizon).unsqueeze(-1)) + t
         a = self.ctx_action_emb(action.long()) + t
         w = self.ctx_reward_proj(reward.float().unsqueeze(-1)) + t

@@ -43,7 +43,14 @@ from agents.dt import dt_loss
 from rl_core.cli import run_cli
 from rl_core.config import to_dataclass
 from rl_core.data import DTWindowSampler
-from rl_core.nn import AdaLayerNorm, CrossAttention, GPTConfig, sample_logits, step_causal_mask
+from rl_core.nn import (
+    AdaLayerNorm,
+    CrossAttention,
+    GPTConfig,
+    MultiDiscreteEmbedding,
+    sample_logits,
+    step_causal_mask,
+)
 from rl_core.nn.gpt import SelfAttention, causal_mask
 
 
@@ -119,7 +126,7 @@ class ReturnAlignedDT(nn.Module):
         super().__init__()
         d = cfg.d_model
         self.cfg, self.horizon = cfg, horizon
-        self.obs_emb = nn.ModuleList([nn.Embedding(size, d) for size in obs_sizes])
+        self.obs_emb = MultiDiscreteEmbedding(obs_sizes, d)
         self.action_emb = nn.Embedding(n_actions, d)
         self.time_emb = nn.Embedding(horizon, d)
         self.rtg_proj = nn.Linear(1, d)
@@ -133,7 +140,7 @@ class ReturnAlignedDT(nn.Module):
     ) -> Tensor:
         """Left-padded windows (b n) -> logits (b n A), the same inputs as `DTModel`."""
         t = self.time_emb(timestep.long())
-        s = sum(emb(obs[..., i].long()) for i, emb in enumerate(self.obs_emb)) + t
+        s = self.obs_emb(obs) + t
         a = self.action_emb(action.long()) + t
         x = rearrange([s, a], "two b n d -> b (n two) d")
         c = self.rtg_proj((rtg.float() / self.horizon).unsqueeze(-1))  # (b n d)

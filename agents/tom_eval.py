@@ -490,18 +490,22 @@ def _play_from_cfg(
     partner: str,
     kwargs: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
+    """Play the configured games; a bad game/partner setting is a ConfigError (clean CLI exit)."""
     seeds = range(int(cfg.seed), int(cfg.seed) + int(cfg.env.games))
-    return play_games(
-        lambda: make_policy(game),
-        game,
-        partner,
-        seeds,
-        int(cfg.env.rounds),
-        agent,
-        partner_kwargs=kwargs,
-        history=int(cfg.env.history),
-        progress=bool(cfg.train.progress),
-    )
+    try:
+        return play_games(
+            lambda: make_policy(game),
+            game,
+            partner,
+            seeds,
+            int(cfg.env.rounds),
+            agent,
+            partner_kwargs=kwargs,
+            history=int(cfg.env.history),
+            progress=bool(cfg.train.progress),
+        )
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def run_eval(
@@ -519,10 +523,7 @@ def run_eval(
     logger_cfg = to_dataclass(cfg.logger, LoggerConfig, "logger")
     config = OmegaConf.to_container(cfg, resolve=True)
     with Logger(logger_cfg, run_dir, cfg.run_name, config) as logger:
-        try:
-            rows = _play_from_cfg(cfg, make_policy, agent, game, partner, kwargs)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+        rows = _play_from_cfg(cfg, make_policy, agent, game, partner, kwargs)
         log_games(logger, rows)
     _write_results(cfg, rows, agent, reference, reference_intro)
     return rows
@@ -548,10 +549,7 @@ def run_sweep(
                 partner, kwargs = (
                     partner_spec(entry) if isinstance(entry, DictConfig) else (str(entry), {})
                 )
-                try:
-                    got = _play_from_cfg(cfg, make_policy, agent, game, partner, kwargs)
-                except ValueError as e:
-                    raise ConfigError(str(e)) from None
+                got = _play_from_cfg(cfg, make_policy, agent, game, partner, kwargs)
                 log_games(logger, got, prefix=f"eval/{game.name}/{got[0]['partner']}")
                 rows += got
     _write_results(cfg, rows, agent, reference, reference_intro)

@@ -1,7 +1,12 @@
 """Shared neural-network blocks (reused by every agent, never copied)."""
 
 from rl_core.nn.gpt import GPT, GPTConfig, KVCache
-from rl_core.nn.layers import AdaLayerNorm, CrossAttention, step_causal_mask
+from rl_core.nn.layers import (
+    AdaLayerNorm,
+    CrossAttention,
+    MultiDiscreteEmbedding,
+    step_causal_mask,
+)
 from rl_core.nn.sampling import sample_logits
 
 __all__ = [
@@ -10,6 +15,7 @@ __all__ = [
     "CrossAttention",
     "GPTConfig",
     "KVCache",
+    "MultiDiscreteEmbedding",
     "sample_logits",
     "step_causal_mask",
 ]

@@ -11,6 +11,8 @@ Shape legend: b batch, n query tokens, m context tokens, h heads, d width, e hea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
@@ -74,9 +76,23 @@ class AdaLayerNorm(nn.Module):
         return self.norm(x) * (1 + scale) + shift
 
 
+class MultiDiscreteEmbedding(nn.ModuleList):
+    """Embedding of a MultiDiscrete observation (b ... k) -> (b ... d): one table per dimension,
+    summed (grid x and y get their own tables, so unseen (x, y) pairs still embed sensibly).
+
+    A `ModuleList` of `nn.Embedding`, so its parameters keep the plain `<name>.<i>.weight` keys.
+    """
+
+    def __init__(self, sizes: Sequence[int], d_model: int) -> None:
+        super().__init__([nn.Embedding(size, d_model) for size in sizes])
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return sum(emb(obs[..., i].long()) for i, emb in enumerate(self))
+
+
 def step_causal_mask(query_steps: Tensor, context_steps: Tensor) -> Tensor:
     """(b n m) True where the query token's step >= the context token's step (SeqRA's mask)."""
     return context_steps[:, None, :] <= query_steps[:, :, None]
 
 
-__all__ = ["AdaLayerNorm", "CrossAttention", "step_causal_mask"]
+__all__ = ["AdaLayerNorm", "CrossAttention", "MultiDiscreteEmbedding", "step_causal_mask"]
