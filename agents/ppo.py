@@ -15,6 +15,10 @@ observation). Advantage normalisation, loss, gradient clipping and Adam all act 
 learner's data depends on another goal (tested: a goal's history is bit-identical whichever goal
 trains beside it). 80 goals x 100K steps take ~7 min on one CPU core.
 
+Envs: Dark-Room of any size (`env=darkroom`, `darkroom_20x20`, `darkroom_40x20`; the paper uses 200K
+steps per goal on 40x20). Not Key-Door: its learner would need the has-key state as an input, so
+`env=keydoor` raises a `ConfigError` (use the Q-learning source there).
+
 Deviations from sb3/CleanRL:
 - learning-rate annealing (CleanRL) instead of sb3's constant lr; no value clipping (sb3 default);
 - time-limit truncation bootstraps with V(final obs) (as sb3), since Dark-Room never terminates;
@@ -42,7 +46,7 @@ from tqdm.auto import tqdm
 
 from envs.darkroom import NUM_ACTIONS, DarkRoomTasks, darkroom_reward, darkroom_step
 from rl_core.cli import run_cli, setup_run
-from rl_core.config import to_dataclass
+from rl_core.config import ConfigError, to_dataclass
 from rl_core.data import EpisodeStore, cache_root, open_or_build
 from rl_core.logging import Logger
 
@@ -365,7 +369,10 @@ def _env_attrs(env_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """The env settings that change the recorded transitions (the rest is bookkeeping)."""
     name = env_cfg.get("name", "darkroom")
     if name != "darkroom":
-        raise ValueError(f"PPO histories are implemented for env=darkroom only, got {name!r}")
+        raise ConfigError(
+            f"PPO histories (agents/ppo.py, source=ppo) support env=darkroom (any grid size) only, "
+            f"got env={name}; use the Q-learning source (source=qlearning) for env=keydoor"
+        )
     width, height = int(env_cfg.get("width", 10)), int(env_cfg.get("height", 10))
     max_steps = env_cfg.get("max_steps")
     return {

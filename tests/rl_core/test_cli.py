@@ -101,7 +101,7 @@ def test_help_lists_commands_and_info_shows_defaults_tree(tmp_path: Path) -> Non
     res = cli(tmp_path, "--help")
     assert res.returncode == 0, res.stderr
     assert "Commands: train, eval, collect" in res.stdout
-    assert "env: darkroom, keydoor" in res.stdout  # Hydra's own help follows
+    assert "env: darkroom, darkroom_20x20, darkroom_40x20, keydoor" in res.stdout  # Hydra's help
     res = cli(tmp_path, "--hydra-help")  # composes Hydra's config alone: no 'cmd' key there
     assert res.returncode == 0 and "Hydra" in res.stdout, res.stderr
     res = cli(tmp_path, "--info", "defaults-tree")
@@ -118,8 +118,8 @@ def test_help_lists_commands_and_info_shows_defaults_tree(tmp_path: Path) -> Non
             ["'agent.lrr'", "Valid keys under 'agent':", "context_episodes, d_model"],
         ),
         (["trian.steps=3"], ["'trian'", "Valid keys at the top level", "Did you mean 'train'"]),
-        (["env=darkrom"], ["'darkrom'", "config group 'env'", "darkroom, keydoor"]),
-        (["--multirun", "env=keydoor,darkrom"], ["'darkrom'", "darkroom, keydoor"]),
+        (["env=darkrom"], ["'darkrom'", "config group 'env'", "darkroom, darkroom_20x20"]),
+        (["--multirun", "env=keydoor,darkrom"], ["'darkrom'", "keydoor, keydoor_20x20"]),
         (["seed=abc"], ["'seed'", "expected int", "'abc'"]),
         (["--multirun", "train.steps=10,1.5"], ["'train.steps'", "expected int", "1.5"]),
         (["run_dir=${run_nam}"], ["run_nam", "not found"]),
