@@ -57,10 +57,17 @@ class DTConfig:
     temperature: float = 1.0  # action sampling temperature at evaluation (0 = greedy)
     top_p: float = 0.5  # nucleus sampling at evaluation, as RA-DT evaluates Dark-Room policies
     num_targets: int = 7  # `align`: targets between the 5th and 95th dataset return percentile
+    # tokens per step: False = (R̂, s, a) as in the DT paper; True = RA-DT's (s, R̂, a, r), where
+    # the policy also sees the reward of its previous step (a_t is predicted at R̂_t)
+    reward_token: bool = False
 
 
 class DTModel(nn.Module):
-    """(R̂, s, a) tokens -> action logits at state tokens. b batch, n steps, d width."""
+    """(R̂, s, a) or (s, R̂, a, r) tokens -> action logits. b batch, n steps, d width.
+
+    `step_tokens` tokens per step; the action is predicted at token `query_index` of its step
+    (s_t, or R̂_t in the 4-token layout), and `state_index` is the position of s_t.
+    """
 
     def __init__(
         self, obs_sizes: Sequence[int], n_actions: int, horizon: int, cfg: DTConfig
@@ -72,13 +79,20 @@ class DTModel(nn.Module):
         self.action_emb = nn.Embedding(n_actions, d)
         self.rtg_proj = nn.Linear(1, d)
         self.time_emb = nn.Embedding(horizon, d)
+        self.reward_token = cfg.reward_token
+        self.reward_proj = nn.Linear(1, d) if cfg.reward_token else None
+        self.step_tokens = 4 if cfg.reward_token else 3
+        self.state_index = 0 if cfg.reward_token else 1
+        self.query_index = 1
         self.embed_ln = nn.LayerNorm(d)
-        gpt_cfg = GPTConfig(
-            d_model=d, n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=cfg.dropout,
-            max_len=3 * cfg.context_len, pos="none",
-        )  # fmt: skip
-        self.gpt = GPT(gpt_cfg)
+        self.gpt = GPT(self.gpt_config(cfg))
         self.head = nn.Linear(d, n_actions)
+
+    def gpt_config(self, cfg: DTConfig, **extra: bool) -> GPTConfig:
+        return GPTConfig(
+            d_model=cfg.d_model, n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=cfg.dropout,
+            max_len=self.step_tokens * cfg.context_len, pos="none", **extra,
+        )  # fmt: skip
 
     def embed_obs(self, obs: Tensor) -> Tensor:
         return self.obs_emb(obs)
@@ -86,30 +100,68 @@ class DTModel(nn.Module):
     def embed_rtg(self, rtg: Tensor) -> Tensor:
         return self.rtg_proj((rtg.float() / self.horizon).unsqueeze(-1))
 
-    def tokens(self, rtg: Tensor, obs: Tensor, action: Tensor, timestep: Tensor) -> Tensor:
-        """Interleave (R̂_t, s_t, a_t) per step: (b n) inputs -> (b 3n d) tokens."""
+    def embed_reward(self, reward: Tensor) -> Tensor:
+        assert self.reward_proj is not None
+        return self.reward_proj(reward.float().unsqueeze(-1))
+
+    def tokens(
+        self,
+        rtg: Tensor,
+        obs: Tensor,
+        action: Tensor,
+        timestep: Tensor,
+        reward: Tensor | None = None,
+    ) -> Tensor:
+        """Interleave the step's tokens: (b n) inputs -> (b Sn d), S = `step_tokens`."""
         t = self.time_emb(timestep.long())
         r, s, a = (
             self.embed_rtg(rtg) + t,
             self.embed_obs(obs) + t,
             self.action_emb(action.long()) + t,
         )
-        return self.embed_ln(rearrange([r, s, a], "three b n d -> b (n three) d"))
+        if not self.reward_token:
+            return self.embed_ln(rearrange([r, s, a], "k b n d -> b (n k) d"))
+        if reward is None:
+            raise ValueError("reward_token=True needs the window's `reward`")
+        w = self.embed_reward(reward) + t
+        return self.embed_ln(rearrange([s, r, a, w], "k b n d -> b (n k) d"))
 
-    def forward(
-        self, rtg: Tensor, obs: Tensor, action: Tensor, timestep: Tensor, mask: Tensor
+    def encode(
+        self,
+        rtg: Tensor,
+        obs: Tensor,
+        action: Tensor,
+        timestep: Tensor,
+        mask: Tensor,
+        reward: Tensor | None = None,
+        **cross: Tensor | None,
     ) -> Tensor:
-        """Training pass over left-padded windows; returns logits (b n A) at the state tokens."""
-        x = self.tokens(rtg, obs, action, timestep)
-        keep = rearrange(mask.repeat_interleave(3, dim=1), "b m -> b 1 1 m")
+        """Last-layer features (b Sn d) of left-padded windows (`cross`: context, context_mask)."""
+        x = self.tokens(rtg, obs, action, timestep, reward)
+        keep = rearrange(mask.repeat_interleave(self.step_tokens, dim=1), "b m -> b 1 1 m")
         attn = causal_mask(x.shape[1], x.shape[1], x.device) & keep
         attn = attn | torch.eye(x.shape[1], dtype=torch.bool, device=x.device)  # pads see self
-        h = self.gpt(x, attn_mask=attn)
-        return self.head(h[:, 1::3])
+        return self.gpt(x, attn_mask=attn, **cross)
+
+    def forward(
+        self,
+        rtg: Tensor,
+        obs: Tensor,
+        action: Tensor,
+        timestep: Tensor,
+        mask: Tensor,
+        reward: Tensor | None = None,
+    ) -> Tensor:
+        """Training pass over left-padded windows; returns action logits (b n A)."""
+        h = self.encode(rtg, obs, action, timestep, mask, reward)
+        return self.head(h[:, self.query_index :: self.step_tokens])
 
 
 def dt_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
-    logits = model(batch["rtg"], batch["obs"], batch["action"], batch["timestep"], batch["mask"])
+    logits = model(
+        batch["rtg"], batch["obs"], batch["action"], batch["timestep"], batch["mask"],
+        batch.get("reward"),
+    )  # fmt: skip
     mask = batch["mask"]
     loss = F.cross_entropy(logits[mask], batch["action"][mask].long())
     accuracy = (logits[mask].argmax(-1) == batch["action"][mask]).float().mean()
@@ -121,9 +173,11 @@ class DTPolicy:
 
     def __init__(self, model: DTModel, cfg: DTConfig, device: torch.device, seed: int) -> None:
         self.model, self.cfg, self.device = model, cfg, device
-        # a training window of K steps shows the state token s_t the 3K-1 tokens R_{t-K+1}..s_t;
-        # a cache of 3K would also show a_{t-K}, which no training window contains
-        self.window = 3 * cfg.context_len - 1
+        # a training window of K steps shows the query token of step t the S(K-1) + 2 tokens
+        # from the first token of step t-K+1 up to itself; a longer cache would also show the
+        # tail of step t-K, which no training window contains
+        s = model.step_tokens
+        self.window = s * cfg.context_len - (s - 2)
         self.generator = torch.Generator(device=device).manual_seed(seed)
         self.rng = np.random.default_rng(seed)
 
@@ -134,6 +188,7 @@ class DTPolicy:
         self.rtg = self._targets(np.ones(n_envs, dtype=bool), torch.zeros(n_envs))
         self.t = torch.zeros(n_envs, dtype=torch.long, device=self.device)
         self.last_action: Tensor | None = None  # None at the start of every env's episode
+        self.last_reward = torch.zeros(n_envs, device=self.device)
         self.new_episode = torch.ones(n_envs, dtype=torch.bool, device=self.device)
 
     def _targets(self, which: np.ndarray, current: Tensor) -> Tensor:
@@ -148,20 +203,22 @@ class DTPolicy:
         time = model.time_emb(self.t)
         r_tok = model.embed_rtg(self.rtg) + time
         s_tok = model.embed_obs(torch.as_tensor(obs, device=self.device)) + time
-        if self.last_action is None:
-            tokens = torch.stack([r_tok, s_tok], dim=1)
-        else:
+        step = [s_tok, r_tok] if model.reward_token else [r_tok, s_tok]
+        prev: list[Tensor] = []
+        if self.last_action is not None:
+            # the previous step's trailing tokens; envs that just started an episode get dummy
+            # ones that nothing attends to
             prev_t = model.time_emb((self.t - 1).clamp(min=0))
-            a_tok = model.action_emb(self.last_action) + prev_t
-            # envs that just started an episode get a dummy action token that nothing attends to
-            tokens = torch.stack([a_tok, r_tok, s_tok], dim=1)
-        tokens = model.embed_ln(tokens)
+            prev.append(model.action_emb(self.last_action) + prev_t)
+            if model.reward_token:
+                prev.append(model.embed_reward(self.last_reward) + prev_t)
+        tokens = model.embed_ln(torch.stack(prev + step, dim=1))
         n_new = tokens.shape[1]
         total = min(len(self.cache) + n_new, self.window)
         key_pos = torch.arange(self.cache.offset + n_new - total, self.cache.offset + n_new)
         key_pos = key_pos.to(self.device)
-        if self.last_action is not None:  # the action token of a finished episode is hidden
-            self.start = torch.where(self.new_episode, self.cache.offset + 1, self.start)
+        if prev:  # the trailing tokens of a finished episode are hidden
+            self.start = torch.where(self.new_episode, self.cache.offset + len(prev), self.start)
         visible = key_pos[None, :] >= self.start[:, None]  # (b m)
         query_pos = self.cache.offset + torch.arange(n_new, device=self.device)
         attn = causal_mask(n_new, total, self.device)[None] & visible[:, None, :]
@@ -184,6 +241,7 @@ class DTPolicy:
 
     def observe(self, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
         rewards_t = torch.as_tensor(rewards, device=self.device).float()
+        self.last_reward = rewards_t
         self.rtg = self.rtg - rewards_t
         self.t = (self.t + 1).clamp(max=self.model.horizon - 1)
         done_t = torch.as_tensor(dones, device=self.device)

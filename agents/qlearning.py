@@ -55,7 +55,7 @@ Tasks = DarkRoomTasks | KeyDoorTasks
 SUPPORTED_ENVS = ("darkroom", "keydoor")  # env names with a task split and a Q-learning source
 # Env-config keys that do not change the recorded data (evaluation targets, the per-env default of
 # `episodes`): left out of the dataset's cache key, so adding them keeps existing datasets valid.
-NON_DATA_ENV_KEYS = ("target_mean", "target_std", "qlearning_episodes")
+NON_DATA_ENV_KEYS = ("target_mean", "target_std", "qlearning_episodes", "run_tag")
 
 
 @dataclass

@@ -62,6 +62,7 @@ zero-return episodes and does not yet explore towards the goal. The target (≥ 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -93,8 +94,7 @@ from retrieval.memory import (
 from rl_core.cli import run_cli
 from rl_core.config import to_dataclass
 from rl_core.data import DTWindowSampler, EpisodeStore
-from rl_core.nn import GPT, GPTConfig, MultiDiscreteEmbedding
-from rl_core.nn.gpt import causal_mask
+from rl_core.nn import GPT
 from rl_core.train import TrainConfig, Trainer
 from rl_core.utils import resolve_device
 
@@ -105,6 +105,9 @@ class RADTConfig(DTConfig):
 
     name: str = "radt"
     retrieve_every: int = 1  # evaluation: retrieve every t steps (1 on grid-worlds)
+    # retrieved steps as 4 tokens (s, R̂, a, r) like the official code, or 1 token per step
+    # (the sum of the four embeddings: a token that shows a reward also shows where)
+    ctx_step_tokens: int = 4
     # retrieval (retrieval.RetrievalConfig)
     chunk: int = 25  # C: a key every C steps, values = past C + future C steps
     top_l: int = 50
@@ -153,22 +156,23 @@ class RADTModel(DTModel):
     ) -> None:
         super().__init__(obs_sizes, n_actions, horizon, cfg)  # type: ignore[arg-type]
         d = cfg.d_model
-        gpt_cfg = GPTConfig(
-            d_model=d, n_layer=cfg.n_layer, n_head=cfg.n_head, dropout=cfg.dropout,
-            max_len=3 * cfg.context_len, pos="none", cross_attn=True,
-        )  # fmt: skip
-        self.gpt = GPT(gpt_cfg)
-        # separate embeddings for retrieved tokens (official `separate_ca_embed: True`)
-        self.ctx_obs_emb = MultiDiscreteEmbedding(obs_sizes, d)
-        self.ctx_action_emb = nn.Embedding(n_actions, d)
-        self.ctx_rtg_proj = nn.Linear(1, d)
-        self.ctx_reward_proj = nn.Linear(1, d)
-        self.ctx_time_emb = nn.Embedding(horizon, d)
-        self.ctx_embed_ln = nn.LayerNorm(d)
+        if cfg.ctx_step_tokens not in (1, 4):
+            raise ValueError(f"agent.ctx_step_tokens={cfg.ctx_step_tokens}: expected 1 or 4")
+        self.ctx_step_tokens = cfg.ctx_step_tokens
+        self.gpt = GPT(self.gpt_config(cfg, cross_attn=True))
+        # separate embeddings for retrieved tokens (official `separate_ca_embed: True`), deep
+        # copies of the policy's own at initialisation so a retrieved state starts out embedded
+        # like the same state in the policy's window
+        self.ctx_obs_emb = copy.deepcopy(self.obs_emb)
+        self.ctx_action_emb = copy.deepcopy(self.action_emb)
+        self.ctx_rtg_proj = copy.deepcopy(self.rtg_proj)
+        self.ctx_reward_proj = copy.deepcopy(self.reward_proj) or nn.Linear(1, d)
+        self.ctx_time_emb = copy.deepcopy(self.time_emb)
+        self.ctx_embed_ln = copy.deepcopy(self.embed_ln)
 
     def context_tokens(self, ctx: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
-        """Retrieved values (b k L ...) -> tokens (b m d), m = 4kL in (s, R̂, a, r) order, and
-        the mask (b m) of real (unpadded) steps."""
+        """Retrieved values (b k L ...) -> tokens (b m d), m = 4kL in (s, R̂, a, r) order (or
+        m = kL, one per step), and the mask (b m) of real (unpadded) steps."""
         flat = lambda x: rearrange(x, "b k l ... -> b (k l) ...")  # noqa: E731
         obs, action, rtg, reward, timestep, mask = (
             flat(ctx[key]) for key in ("obs", "action", "rtg", "reward", "timestep", "mask")
@@ -178,6 +182,8 @@ class RADTModel(DTModel):
         r = self.ctx_rtg_proj((rtg.float() / self.horizon).unsqueeze(-1)) + t
         a = self.ctx_action_emb(action.long()) + t
         w = self.ctx_reward_proj(reward.float().unsqueeze(-1)) + t
+        if self.ctx_step_tokens == 1:
+            return self.ctx_embed_ln(s + r + a + w - 3 * t), mask.bool()
         x = self.ctx_embed_ln(rearrange([s, r, a, w], "four b n d -> b (n four) d"))
         return x, mask.bool().repeat_interleave(4, dim=1)
 
@@ -188,19 +194,18 @@ class RADTModel(DTModel):
         action: Tensor,
         timestep: Tensor,
         mask: Tensor,
+        reward: Tensor | None = None,
         ctx: Mapping[str, Tensor] | None = None,
     ) -> Tensor:
         """Training pass over left-padded windows with retrieved context -> logits (b n A)."""
-        x = self.tokens(rtg, obs, action, timestep)
-        keep = rearrange(mask.repeat_interleave(3, dim=1), "b m -> b 1 1 m")
-        attn = causal_mask(x.shape[1], x.shape[1], x.device) & keep
-        attn = attn | torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
         context, context_mask = None, None
-        if ctx is not None:
+        if ctx:
             context, cmask = self.context_tokens(ctx)
             context_mask = cmask[:, None, :]  # (b 1 m): every query sees the whole context
-        h = self.gpt(x, attn_mask=attn, context=context, context_mask=context_mask)
-        return self.head(h[:, 1::3])
+        h = self.encode(
+            rtg, obs, action, timestep, mask, reward, context=context, context_mask=context_mask
+        )
+        return self.head(h[:, self.query_index :: self.step_tokens])
 
 
 def context_of(batch: Mapping[str, Any]) -> dict[str, Any]:
@@ -210,7 +215,7 @@ def context_of(batch: Mapping[str, Any]) -> dict[str, Any]:
 def radt_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
     logits = model(
         batch["rtg"], batch["obs"], batch["action"], batch["timestep"], batch["mask"],
-        context_of(batch),
+        batch.get("reward"), context_of(batch),
     )  # fmt: skip
     mask = batch["mask"]
     loss = F.cross_entropy(logits[mask], batch["action"][mask].long())
@@ -229,7 +234,7 @@ def _hash(obj: Any) -> str:
 def _dt_config(a: RADTConfig) -> DTConfig:
     return DTConfig(
         context_len=a.context_len, d_model=a.d_model, n_layer=a.n_layer, n_head=a.n_head,
-        dropout=a.dropout,
+        dropout=a.dropout, reward_token=a.reward_token,
     )  # fmt: skip
 
 

@@ -44,8 +44,6 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from rl_core.nn.gpt import causal_mask
-
 __all__ = [
     "DTEmbedder",
     "FrozenHopfield",
@@ -108,7 +106,7 @@ class DTEmbedder(_Frozen):
             p.requires_grad_(False)
         self.max_embed_len = max_embed_len
         self.query_dropout = query_dropout
-        self.context_len = context_len or self.model.gpt.cfg.max_len // 3
+        self.context_len = context_len or self.model.gpt.cfg.max_len // self.model.step_tokens
         self.dim = self.model.gpt.cfg.d_model
         self.eval()
 
@@ -123,16 +121,13 @@ class DTEmbedder(_Frozen):
         """Keys/queries (b d); `train=True` applies query dropout."""
         m = self.model
         dev = next(m.parameters()).device
-        rtg, obs, action, timestep, mask = (
+        rtg, obs, action, timestep, mask, reward = (
             torch.as_tensor(batch[k], device=dev)
-            for k in ("rtg", "obs", "action", "timestep", "mask")
+            for k in ("rtg", "obs", "action", "timestep", "mask", "reward")
         )
         mask = mask.bool()
-        x = m.tokens(rtg, obs, action, timestep)  # (b 3n d), per step (R, s, a)
-        keep = rearrange(mask.repeat_interleave(3, dim=1), "b m -> b 1 1 m")
-        attn = causal_mask(x.shape[1], x.shape[1], x.device) & keep
-        attn = attn | torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
-        h = m.gpt(x, attn_mask=attn)[:, 1::3]  # state tokens
+        h = m.encode(rtg, obs, action, timestep, mask, reward)
+        h = h[:, m.state_index :: m.step_tokens]  # state tokens
         p = self.query_dropout if train else 0.0
         return masked_state_mean(h, mask, self.max_embed_len, p, generator)
 

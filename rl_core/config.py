@@ -118,7 +118,8 @@ def is_secret_key(name: str) -> bool:
 
 
 def redact_secrets(config: Any) -> Any:
-    """Plain copy of ``config`` without secret-looking keys or the W&B API key value."""
+    """Plain copy of ``config`` without string values under secret-looking keys or the W&B API
+    key value."""
     if isinstance(config, (DictConfig, ListConfig)):
         try:
             config = OmegaConf.to_container(config, resolve=True)
@@ -126,7 +127,12 @@ def redact_secrets(config: Any) -> Any:
             config = OmegaConf.to_container(config, resolve=False)
     api_key = os.environ.get("WANDB_API_KEY")
     if isinstance(config, Mapping):
-        return {k: redact_secrets(v) for k, v in config.items() if not is_secret_key(str(k))}
+        # only strings can hold credentials: `reward_token: true` is a setting, not a secret
+        return {
+            k: redact_secrets(v)
+            for k, v in config.items()
+            if not (is_secret_key(str(k)) and isinstance(v, str))
+        }
     if isinstance(config, (list, tuple)):
         return [redact_secrets(v) for v in config]
     if api_key and isinstance(config, str) and api_key in config:

@@ -64,9 +64,12 @@ def test_radt_cli_train_eval_and_retrieval_hit_rate(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- policy
 
 
-def _setup(n_layer: int = 2, seed: int = 0):
+def _setup(n_layer: int = 2, seed: int = 0, reward_token: bool = False):
     torch.manual_seed(seed)
-    cfg = RADTConfig(context_len=8, d_model=32, n_layer=n_layer, n_head=4, dropout=0.0)
+    cfg = RADTConfig(
+        context_len=8, d_model=32, n_layer=n_layer, n_head=4, dropout=0.0,
+        reward_token=reward_token,
+    )  # fmt: skip
     model = RADTModel((10, 10), 5, HORIZON, cfg).eval()
     dt = DTModel((10, 10), 5, HORIZON, _dt_config(cfg))
     embedder = DTEmbedder(dt, context_len=cfg.context_len)
@@ -91,7 +94,7 @@ def _roll(policy, n: int, steps: int, seed: int = 0):
     """Drive a policy for `steps` steps of one episode; record its inputs and logits."""
     rng = np.random.default_rng(seed)
     policy.reset(n)
-    rec = {"obs": [], "rtg": [], "action": [], "logits": []}
+    rec = {"obs": [], "rtg": [], "action": [], "reward": [], "logits": []}
     for _ in range(steps):
         obs = rng.integers(0, 10, size=(n, 2))
         rec["rtg"].append(policy.rtg.clone())
@@ -100,20 +103,26 @@ def _roll(policy, n: int, steps: int, seed: int = 0):
         rec["action"].append(torch.as_tensor(action))
         if getattr(policy, "last_logits", None) is not None:
             rec["logits"].append(policy.last_logits.clone())
-        policy.observe(action, rng.integers(0, 2, size=n).astype(np.float32), np.zeros(n, bool))
+        reward = rng.integers(0, 2, size=n).astype(np.float32)
+        rec["reward"].append(torch.as_tensor(reward))
+        policy.observe(action, reward, np.zeros(n, bool))
     return rec
 
 
 def _full_forward(model, rec, ctx):
-    obs, rtg, action = (torch.stack(rec[k], 1) for k in ("obs", "rtg", "action"))
+    obs, rtg, action, reward = (
+        torch.stack(rec[k], 1) for k in ("obs", "rtg", "action", "reward")
+    )
     n, t = action.shape
     timestep = torch.arange(t).repeat(n, 1)
+    mask = torch.ones(n, t, dtype=torch.bool)
     with torch.no_grad():
-        return model(rtg, obs, action, timestep, torch.ones(n, t, dtype=torch.bool), ctx)
+        return model(rtg, obs, action, timestep, mask, reward, ctx)
 
 
-def test_kv_cached_policy_matches_full_forward_with_the_same_context() -> None:
-    cfg, model, embedder = _setup()
+@pytest.mark.parametrize("reward_token", [False, True], ids=["R_s_a", "s_R_a_r"])
+def test_kv_cached_policy_matches_full_forward_with_the_same_context(reward_token: bool) -> None:
+    cfg, model, embedder = _setup(reward_token=reward_token)
     n, steps = 3, cfg.context_len  # within one window the rolling cache is exact
     ctx = _fixed_context(n)
     policy = RADTPolicy(model, cfg, torch.device("cpu"), seed=0, embedder=embedder)
@@ -165,14 +174,44 @@ def test_eval_memory_fills_with_finished_episodes() -> None:
 
 @pytest.mark.parametrize("n_layer", [1])
 def test_model_forward_backward(n_layer: int) -> None:
-    cfg, model, _ = _setup(n_layer)
+    cfg, model, _ = _setup(n_layer, reward_token=True)
     model.train()
     ctx = _fixed_context(2)
     obs = torch.randint(0, 10, (2, cfg.context_len, 2))
     act = torch.randint(0, 5, (2, cfg.context_len))
     t = torch.arange(cfg.context_len).repeat(2, 1)
     mask = torch.ones(2, cfg.context_len, dtype=torch.bool)
-    logits = model(torch.rand(2, cfg.context_len), obs, act, t, mask, ctx)
+    reward = torch.randint(0, 2, (2, cfg.context_len)).float()
+    logits = model(torch.rand(2, cfg.context_len), obs, act, t, mask, reward, ctx)
     logits.sum().backward()
     assert model.ctx_obs_emb[0].weight.grad is not None
     assert model.gpt.blocks[0].cross.q.weight.grad is not None
+
+
+# ----------------------------------------------------------------------------- configs
+
+
+def _compose(*overrides: str):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module("configs", version_base="1.3"):
+        return compose("radt", overrides=list(overrides))
+
+
+def test_paper_experiment_has_the_paper_sizes() -> None:
+    from agents.radt import build
+
+    cfg = _compose("experiment=paper")
+    assert cfg.source.name == "ppo" and cfg.train.batch_size == 128 and cfg.train.steps == 100_000
+    assert cfg.run_name == "darkroom_paper__radt__0"
+    model, a, _ = build(cfg)
+    assert (a.d_model, a.n_layer, a.n_head, a.context_len) == (512, 4, 8, 50)
+    n_params = sum(p.numel() for p in model.parameters())
+    assert 15e6 < n_params < 18e6, n_params  # the paper: about 16.5M with cross-attention
+
+
+def test_larger_grids_get_their_own_run_names_and_targets() -> None:
+    cfg = _compose("env=darkroom_20x20")
+    assert cfg.run_name == "darkroom_20x20__radt__0"
+    assert (cfg.agent.target_mean, cfg.agent.target_std) == (370, 10)
+    assert _compose().run_name == "darkroom__radt__0"

@@ -78,6 +78,7 @@ def test_secret_keys_are_dropped_but_model_sizes_are_kept(monkeypatch: pytest.Mo
         "db": {"password": "x", "client_secret": "x", "host": "h"},
         "n_tokens": 16,
         "token_dim": 8,
+        "reward_token": True,  # a setting named like a credential, but not a string
         "note": "key is " + "k" * 40,
         "items": [{"access_token": "x", "keep": 1}],
     }
@@ -85,6 +86,7 @@ def test_secret_keys_are_dropped_but_model_sizes_are_kept(monkeypatch: pytest.Mo
         "db": {"host": "h"},
         "n_tokens": 16,
         "token_dim": 8,
+        "reward_token": True,
         "note": "<redacted>",
         "items": [{"keep": 1}],
     }
