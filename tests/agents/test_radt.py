@@ -110,9 +110,7 @@ def _roll(policy, n: int, steps: int, seed: int = 0):
 
 
 def _full_forward(model, rec, ctx):
-    obs, rtg, action, reward = (
-        torch.stack(rec[k], 1) for k in ("obs", "rtg", "action", "reward")
-    )
+    obs, rtg, action, reward = (torch.stack(rec[k], 1) for k in ("obs", "rtg", "action", "reward"))
     n, t = action.shape
     timestep = torch.arange(t).repeat(n, 1)
     mask = torch.ones(n, t, dtype=torch.bool)
