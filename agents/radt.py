@@ -26,38 +26,42 @@ Pipeline of `python -m agents.radt train env=darkroom`:
    context (cross-attention outputs zero), so it behaves like a DT.
 Results: `radt` (or `radt_lm`) rows in `results/<env>/icl_<w>x<h>.csv` through `icl.report`.
 
-Model: DT tokens (R̂, s, a) + timestep embedding, GPT (pos="none") with cross-attention after
-every self-attention block (`GPTConfig(cross_attn=True)`). Retrieved steps are embedded with a
-separate set of embeddings (state/action/RTG/reward/timestep + LayerNorm, the official
-`separate_ca_embed`), 4 tokens per step in the official order (s, R̂, a, r).
+Model: the DT of `agents.dt` with RA-DT's step tokens (s, R̂, a, r) (`reward_token`; a_t is
+predicted at R̂_t, so the policy sees the reward of its previous step) + timestep embedding,
+GPT (pos="none") with cross-attention after every self-attention block
+(`GPTConfig(cross_attn=True)`). Retrieved steps are embedded with a separate set of embeddings
+(state/action/RTG/reward/timestep + LayerNorm, the official `separate_ca_embed`), deep copies of
+the policy's own at initialisation as in the official code, 4 tokens per step in the official
+order (s, R̂, a, r) (`ctx_step_tokens: 1` sums them into one token per step instead).
 
 Deviations from the paper / official code:
-- sizes for 2 CPU cores: d_model 64, 2 layers, 4 heads, DT window K = 20 steps, a few thousand
-  steps (paper: 512 wide, 4 layers, 100K steps, batch 128); `experiment=paper` style sizes can
-  be set through overrides;
-- the DT backbone is `agents.dt` (tokens (R̂, s, a), learned timestep embedding, RTG as a
-  scalar / horizon), not the official (s, R̂, a, r) GPT-2 with tokenised RTG and global
-  positions; retrieved tokens use the timestep embedding instead of a `crossattn_wpe` table;
-- query/key window = the DT window (K = 20 steps, mean over all its state tokens) instead of
-  τ_{t-50:t} averaged over its last 25 steps;
-- the embedder DT is trained with the Trainer defaults (`embedder.steps`), shorter than the
-  policy run; with `embedder=lm` the LM is MiniLM (384 wide) instead of BERT (see
-  `retrieval.embedders`);
-- evaluation keeps a rolling KV cache of the self-attention context (as `agents.dt.DTPolicy`);
-  the cross-attention context is recomputed every step, but cached keys/values of earlier
-  tokens were computed with the context retrieved at their own step (the official code
-  re-encodes the whole window with the current context). With a context that does not change
-  the two are equal (tested);
+- sizes for 2 CPU cores: d_model 64, 2 layers, 4 heads, DT window K = 20 steps, 10K steps of
+  batch 32 (paper: 512 wide, 4 layers, K = 50, 100K steps of batch 128: `experiment=paper`);
+- to make the most of that budget, half of every training batch (`pre_reward_frac: 0.5`) is
+  windows that end before their episode's first reward: the only steps where the retrieved
+  sub-trajectory carries information the policy's own window lacks (where the goal is). The
+  official sampler is uniform over steps (`pre_reward_frac: 0`);
+- RTG is a scalar / horizon (official: tokenised into 100 bins) and the positions are the
+  timestep embedding (official: global learned positions; retrieved tokens get the timestep
+  embedding instead of a `crossattn_wpe` table);
+- query/key window = the DT window (K = 20 steps, mean over the state tokens of its last 25)
+  instead of τ_{t-50:t};
+- the embedder DT is trained for `embedder.steps` (1500), shorter than the policy run; with
+  `embedder=lm` the LM is MiniLM (384 wide) instead of BERT (see `retrieval.embedders`);
+- evaluation re-encodes each env's last K steps with the current context every step, as the
+  official code (`reencode: true`); `reencode: false` keeps a rolling KV cache instead, whose
+  older entries were computed with the context retrieved at their own step (cheaper, exact only
+  while the context does not change; tested both ways);
 - the eval memory embeds keys with the returns-to-go the finished episode actually had, the
   query with the policy's running target return (as in the official code);
 - the trainer's `sample_batch` carries retrieval statistics as 0-d arrays (`stat_*`), which the
   loss returns as metrics.
 
-Status (measured, seed 0, default config, 1 CPU thread, ≈9-10 min end to end): training
-retrieval hits the query's task ≈89% of the time (chance 1/80), loss 0.87 vs DT's 0.95, but the
-in-context curve stays flat at ≈5 (trial 40: 4.65; top_p=1.0: ≈4): the policy copies its own
-zero-return episodes and does not yet explore towards the goal. The target (≥ 75) is not met.
-`embedder=lm` runs, but embedding 38K keys plus live training queries with MiniLM needs a GPU.
+Status (measured on 2 CPU cores, seed 0, `results/darkroom/README.md`): training retrieval hits
+the query's task ≈89% of the time (chance 1/80). With an oracle episode in each held-out task's
+memory the policy reaches the goal on 16-17 of 20 tasks (72-74 mean reward), so it exploits
+retrieved trajectories; but it rarely finds a new goal after the first trial (≈23 mean reward
+from trial 1 to 40): in-context exploration, and with it the ≥ 75 target, is not reached yet.
 """
 
 from __future__ import annotations
@@ -95,6 +99,7 @@ from rl_core.cli import run_cli
 from rl_core.config import to_dataclass
 from rl_core.data import DTWindowSampler, EpisodeStore
 from rl_core.nn import GPT
+from rl_core.nn.sampling import sample_logits
 from rl_core.train import TrainConfig, Trainer
 from rl_core.utils import resolve_device
 
@@ -108,6 +113,13 @@ class RADTConfig(DTConfig):
     # retrieved steps as 4 tokens (s, R̂, a, r) like the official code, or 1 token per step
     # (the sum of the four embeddings: a token that shows a reward also shows where)
     ctx_step_tokens: int = 4
+    # share of each training batch whose windows end before their episode's first reward (the
+    # steps where only the retrieved context tells where the goal is); 0 = uniform over steps
+    pre_reward_frac: float = 0.0
+    # evaluation: re-encode the last K steps with the current retrieved context every step, as
+    # the official code does (True), or a rolling KV cache whose older entries saw the context
+    # of their own step (False: cheaper, exact only while the context does not change)
+    reencode: bool = True
     # retrieval (retrieval.RetrievalConfig)
     chunk: int = 25  # C: a key every C steps, values = past C + future C steps
     top_l: int = 50
@@ -117,6 +129,7 @@ class RADTConfig(DTConfig):
     sim_cutoff: float = 0.98
     dedup: bool = True
     min_query_step: int = 10  # short-query rule (training)
+    p_random_same_task: float = 0.0  # training: random same-task sub-trajectory (p_task_rand_trj)
     exclude_own_trajectory: bool = True
     embed_batch: int = 2048  # windows per embedder call when building keys
 
@@ -140,6 +153,7 @@ def retrieval_config(a: RADTConfig, seed: int) -> RetrievalConfig:
     return RetrievalConfig(
         chunk=a.chunk, top_l=a.top_l, candidates=a.candidates, top_k=a.top_k, alpha=a.alpha,
         sim_cutoff=a.sim_cutoff, dedup=a.dedup, min_query_step=a.min_query_step,
+        p_random_same_task=a.p_random_same_task,
         exclude_own_trajectory=a.exclude_own_trajectory, seed=seed,
     )  # fmt: skip
 
@@ -341,6 +355,16 @@ def episode_tasks(store: EpisodeStore, mapping: Mapping[Any, int]) -> np.ndarray
     return np.array([mapping[key(m.get("task"))] for m in store.metadata], np.int64)
 
 
+def steps_before_first_reward(reward: np.ndarray, timestep: np.ndarray) -> np.ndarray:
+    """Flat indices of the steps of consecutive episodes (`timestep` restarts at 0) that come
+    before any reward of their episode, the rewarded step itself included."""
+    reward = np.asarray(reward, np.float64)
+    before = np.cumsum(reward) - reward  # reward collected before each step, all episodes
+    episode = np.cumsum(np.asarray(timestep) == 0) - 1
+    before -= before[np.flatnonzero(timestep == 0)][episode]
+    return np.flatnonzero(np.abs(before) < 1e-9)
+
+
 class RetrievalSampler(DTWindowSampler):
     """DT windows plus, per window, the top-k retrieved sub-trajectories (`ctx_*` keys, each
     (b k 2C ...)) and retrieval statistics (`stat_*`, 0-d)."""
@@ -354,16 +378,30 @@ class RetrievalSampler(DTWindowSampler):
         episode_task: np.ndarray,
         *,
         seed: int = 0,
+        pre_reward_frac: float = 0.0,
     ) -> None:
         super().__init__(store, context_len)
+        if not 0.0 <= pre_reward_frac <= 1.0:
+            raise ValueError(f"agent.pre_reward_frac={pre_reward_frac}: expected a value in [0, 1]")
         self.embedder, self.memory = embedder, memory
         self.step_episode = np.repeat(np.arange(len(store)), store.episode_lengths)
         self.episode_task = episode_task
         self.generator = torch.Generator().manual_seed(seed)
+        self.pre_reward_frac = pre_reward_frac
+        reward = self.columns["reward"][: self.num_steps]
+        self.pre_reward_steps = steps_before_first_reward(reward, self._t)
+
+    def pick_last_steps(self, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+        """Window end steps: uniform, with a `pre_reward_frac` share from before the reward."""
+        last = rng.integers(0, self.num_steps, size=batch_size)
+        m = int(round(self.pre_reward_frac * batch_size))
+        if m and len(self.pre_reward_steps):
+            last[:m] = rng.choice(self.pre_reward_steps, size=m)
+        return last
 
     def sample(self, batch_size: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         k = self.context_len
-        last = rng.integers(0, self.num_steps, size=batch_size)
+        last = self.pick_last_steps(batch_size, rng)
         back = np.arange(-k + 1, 1)
         mask = back[None, :] + self._t[last][:, None] >= 0
         idx = np.where(mask, last[:, None] + back[None, :], self.num_steps)
@@ -464,7 +502,23 @@ class RADTPolicy(DTPolicy):
         if self.steps % self.cfg.retrieve_every == 0:
             self.context = self.retrieve()
         self.steps += 1
-        return super().act(obs)
+        if not self.cfg.reencode:
+            return super().act(obs)
+        return self._act_reencoded()
+
+    def _act_reencoded(self) -> np.ndarray:
+        """Logits from one forward pass over each env's last K steps with its current context."""
+        w = {k: torch.as_tensor(v, device=self.device) for k, v in self.query_windows().items()}
+        context, context_mask = self.cross_context()
+        h = self.model.encode(
+            w["rtg"], w["obs"], w["action"], w["timestep"], w["mask"], w["reward"],
+            context=context, context_mask=context_mask,
+        )  # fmt: skip
+        logits = self.model.head(h[:, -(self.model.step_tokens - self.model.query_index)])
+        self.last_logits = logits
+        action = sample_logits(logits, self.cfg.temperature, self.generator, self.cfg.top_p)
+        self.last_action = action
+        return action.cpu().numpy()
 
     def cross_context(self) -> tuple[Tensor | None, Tensor | None]:
         return self.context if self.context is not None else (None, None)
@@ -528,8 +582,9 @@ def train(cfg: DictConfig) -> nn.Module:
         holder["embedder"] = embedder
         memory, episode_task = build_training_memory(cfg, store, a, embedder)
         return RetrievalSampler(
-            store, a.context_len, embedder, memory, episode_task, seed=int(cfg.seed)
-        )
+            store, a.context_len, embedder, memory, episode_task, seed=int(cfg.seed),
+            pre_reward_frac=a.pre_reward_frac,
+        )  # fmt: skip
 
     return icl.train_agent(
         cfg, model, radt_loss, make_sampler,

@@ -10,6 +10,12 @@ Keys are clustered (unit-norm points around 1024 random centres), closer to lear
 embeddings than uniform noise, on which IVF is at its worst. Both sides use the same number of
 threads (`--threads`, set before numpy/faiss are imported).
 
+It also measures the per-step overhead that retrieval adds to RA-DT's in-context evaluation
+(`agents.radt.RADTPolicy`, default config, the 20 held-out 10x10 goals batched, retrieval
+every step from each task's growing memory) against the same policy and rollout loop with
+retrieval switched off (no query, no search, no cross-attention): env-steps/s of both and the
+milliseconds per batched step that retrieval adds (`--overhead-episodes 0` skips it).
+
     python benchmarks/retrieval_speed.py                 # writes results/bench/retrieval_speed.json
     python benchmarks/retrieval_speed.py --sizes 10000 --out /tmp/r.json
 """
@@ -38,6 +44,7 @@ def parse() -> argparse.Namespace:
     p.add_argument("--nprobe", type=int, default=32)
     p.add_argument("--ivf-min-keys", type=int, default=100_000, help="IVF from this size up")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overhead-episodes", type=int, default=4, help="RA-DT eval episodes per run")
     p.add_argument("--out", type=Path, default=ROOT / "results/bench/retrieval_speed.json")
     return p.parse_args()
 
@@ -153,12 +160,63 @@ def bench_size(n: int, rng: np.random.Generator, centres: np.ndarray, command: s
     return rows
 
 
+def bench_radt_overhead(command: str) -> dict:
+    """Env-steps/s of RA-DT in-context evaluation with and without per-step retrieval."""
+    import torch
+    from hydra import compose, initialize_config_module
+
+    from agents import radt
+    from agents.dt import DTModel
+    from agents.icl import evaluate_in_context
+    from retrieval.embedders import DTEmbedder
+
+    torch.set_num_threads(ARGS.threads)
+    with initialize_config_module("configs", version_base="1.3"):
+        cfg = compose("radt")
+    model, a, e = radt.build(cfg)  # untrained weights: the cost does not depend on them
+    horizon = model.horizon
+    dt = DTModel((cfg.env.width, cfg.env.height), 5, horizon, radt._dt_config(a))
+    embedder = DTEmbedder(dt, max_embed_len=e.max_embed_len, context_len=a.context_len)
+    model.eval()
+    rates = {}
+    for name, every in (("retrieval", 1), ("no_retrieval", 10**9)):
+        a_run = radt.RADTConfig(**{**a.__dict__, "retrieve_every": every})
+        policy = radt.RADTPolicy(model, a_run, torch.device("cpu"), 0, embedder)
+        if every > 1:  # never query: the context stays empty, so cross-attention is skipped
+            policy.retrieve = lambda: None  # type: ignore[method-assign]
+        t0 = time.perf_counter()
+        res = evaluate_in_context(
+            cfg.env, policy, trials=ARGS.overhead_episodes, seed=0, progress=False
+        )
+        steps = int(np.asarray(res.lengths).sum())
+        rates[name] = steps / (time.perf_counter() - t0)
+        print(f"  RA-DT eval, {name:<12}: {rates[name]:8.0f} env-steps/s", flush=True)
+    n_tasks = len(radt.icl.darkroom_tasks(cfg.env).eval)
+    per_step_ms = 1e3 * n_tasks * (1 / rates["retrieval"] - 1 / rates["no_retrieval"])
+    return {
+        "what": "RA-DT in-context evaluation, per-step retrieval overhead",
+        "ours": round(rates["retrieval"], 1),
+        "baseline": round(rates["no_retrieval"], 1),
+        "ratio": round(rates["retrieval"] / rates["no_retrieval"], 3),
+        "unit": "env-steps/s (20 tasks batched)",
+        "overhead_ms_per_batched_step": round(per_step_ms, 3),
+        "episodes": ARGS.overhead_episodes,
+        "baseline_what": "same policy and rollout loop without retrieval (no query, search or "
+        "cross-attention)",
+        "threads": ARGS.threads,
+        "command": command,
+    }
+
+
 def main() -> None:
     faiss.omp_set_num_threads(ARGS.threads)
     rng = np.random.default_rng(ARGS.seed)
     centres = rng.standard_normal((1024, ARGS.dim), dtype=np.float32)
     command = " ".join(["python benchmarks/retrieval_speed.py", *sys.argv[1:]])
     rows = [row for n in ARGS.sizes for row in bench_size(n, rng, centres, command)]
+    if ARGS.overhead_episodes:
+        print("\nretrieval overhead in RA-DT evaluation", flush=True)
+        rows.append(bench_radt_overhead(command))
     ARGS.out.parent.mkdir(parents=True, exist_ok=True)
     ARGS.out.write_text(json.dumps(rows, indent=1) + "\n")
     print(f"\nwrote {ARGS.out}")

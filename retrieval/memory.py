@@ -307,6 +307,9 @@ class RetrievalConfig:
     dedup_neighbours: int = 10
     dedup_cutoff: float = 0.98
     min_query_step: int | None = 10  # training: queries before this step get random same-task
+    # training: any query gets a random same-task sub-trajectory with this probability (the
+    # official `p_task_rand_trj`, 0 in the released Dark-Room config)
+    p_random_same_task: float = 0.0
     index: IndexConfig = field(default_factory=IndexConfig)  # training memory (cosine)
     eval_index: IndexConfig = field(default_factory=lambda: IndexConfig(metric="ip"))
     seed: int = 0
@@ -318,6 +321,8 @@ class RetrievalConfig:
             self.eval_index = IndexConfig(**self.eval_index)
         if (self.sim_cutoff is not None or self.dedup) and self.index.metric != "cosine":
             raise ValueError("sim_cutoff and dedup compare cosine similarities: use metric=cosine")
+        if not 0.0 <= self.p_random_same_task <= 1.0:
+            raise ValueError(f"p_random_same_task={self.p_random_same_task}: expected [0, 1]")
         if not 1 <= self.top_k <= self.top_l <= self.candidates:
             raise ValueError(
                 f"need 1 <= top_k ({self.top_k}) <= top_l ({self.top_l}) <= candidates "
@@ -455,17 +460,20 @@ class RetrievalMemory:
         sim = np.take_along_axis(sim, pos, 1).astype(np.float32)
         score = score.astype(np.float32)
         replaced = np.zeros(b, bool)
+        short = (
+            rng.random(b) < cfg.p_random_same_task if cfg.p_random_same_task else np.zeros(b, bool)
+        )
         if cfg.min_query_step is not None and step is not None:
-            short = _as_ids(step, b, "steps") < cfg.min_query_step
-            for r in np.flatnonzero(short):
-                pool = self.by_task.get(int(task[r]))
-                if pool is None:
-                    continue
-                if own is not None:
-                    others = pool[self.index.meta["trajectory"][pool] != own[r]]
-                    pool = others if len(others) else pool
-                ids[r] = rng.choice(pool, cfg.top_k, replace=len(pool) < cfg.top_k)
-                sim[r], score[r], replaced[r] = np.nan, np.nan, True
+            short |= _as_ids(step, b, "steps") < cfg.min_query_step
+        for r in np.flatnonzero(short):
+            pool = self.by_task.get(int(task[r]))
+            if pool is None:
+                continue
+            if own is not None:
+                others = pool[self.index.meta["trajectory"][pool] != own[r]]
+                pool = others if len(others) else pool
+            ids[r] = rng.choice(pool, cfg.top_k, replace=len(pool) < cfg.top_k)
+            sim[r], score[r], replaced[r] = np.nan, np.nan, True
         meta = self.index.lookup(ids)
         if cfg.top_k > 1:
             ids, sim, score, meta = _sort_by_return(ids, sim, score, meta)

@@ -61,14 +61,30 @@ def test_radt_cli_train_eval_and_retrieval_hit_rate(tmp_path: Path) -> None:
     assert "return_last_trial" in proc.stdout
 
 
+def test_radt_lm_variant_runs_offline_end_to_end(tmp_path: Path) -> None:
+    """`embedder=lm`: the frozen MiniLM (installed package, no download) behind FrozenHopfield
+    embeds keys and queries; the rows are named radt_lm."""
+    overrides = [
+        "embedder=lm", "env.num_train_tasks=4", "env.num_eval_tasks=2", "source.episodes=4",
+        "source.histories_per_task=1", "train.steps=4", "train.batch_size=4",
+        "agent.eval_trials=2", "agent.retrieve_every=25",
+    ]  # fmt: skip
+    proc = run_radt("train", tmp_path, *overrides)
+    assert "memory: 64 keys" in proc.stdout  # 16 episodes x 100 steps / C = 25
+    with (tmp_path / "results" / "darkroom" / "icl_10x10.csv").open() as f:
+        table = list(csv.DictReader(f))
+    assert [(r["agent"], r["trial"]) for r in table] == [("radt_lm", "1"), ("radt_lm", "2")]
+    assert not list((tmp_path / "data").glob("*/embedder_dt_*"))  # no DT pretraining
+
+
 # ----------------------------------------------------------------------------- policy
 
 
-def _setup(n_layer: int = 2, seed: int = 0, reward_token: bool = False):
+def _setup(n_layer: int = 2, seed: int = 0, reward_token: bool = False, reencode: bool = False):
     torch.manual_seed(seed)
     cfg = RADTConfig(
         context_len=8, d_model=32, n_layer=n_layer, n_head=4, dropout=0.0,
-        reward_token=reward_token,
+        reward_token=reward_token, reencode=reencode,
     )  # fmt: skip
     model = RADTModel((10, 10), 5, HORIZON, cfg).eval()
     dt = DTModel((10, 10), 5, HORIZON, _dt_config(cfg))
@@ -118,9 +134,14 @@ def _full_forward(model, rec, ctx):
         return model(rtg, obs, action, timestep, mask, reward, ctx)
 
 
-@pytest.mark.parametrize("reward_token", [False, True], ids=["R_s_a", "s_R_a_r"])
-def test_kv_cached_policy_matches_full_forward_with_the_same_context(reward_token: bool) -> None:
-    cfg, model, embedder = _setup(reward_token=reward_token)
+@pytest.mark.parametrize(
+    ("reward_token", "reencode"), [(False, False), (True, False), (True, True)],
+    ids=["R_s_a", "s_R_a_r", "reencoded"],
+)  # fmt: skip
+def test_policy_matches_full_forward_with_the_same_context(
+    reward_token: bool, reencode: bool
+) -> None:
+    cfg, model, embedder = _setup(reward_token=reward_token, reencode=reencode)
     n, steps = 3, cfg.context_len  # within one window the rolling cache is exact
     ctx = _fixed_context(n)
     policy = RADTPolicy(model, cfg, torch.device("cpu"), seed=0, embedder=embedder)
@@ -132,6 +153,31 @@ def test_kv_cached_policy_matches_full_forward_with_the_same_context(reward_toke
     torch.testing.assert_close(cached, full, atol=1e-5, rtol=1e-4)
     # and the context matters: without it the logits differ
     assert not torch.allclose(cached, _full_forward(model, rec, None), atol=1e-3)
+
+
+def test_reencoding_policy_equals_a_forward_pass_over_the_last_k_steps() -> None:
+    """The official evaluation: every step re-encodes the last K steps with the current context,
+    so past the first window it is exact where a rolling cache is not."""
+    cfg, model, embedder = _setup(reward_token=True, reencode=True)
+    n, k = 2, cfg.context_len
+    ctx = _fixed_context(n)
+    policy = RADTPolicy(model, cfg, torch.device("cpu"), seed=0, embedder=embedder)
+    tokens, mask = model.context_tokens(ctx)
+    policy.retrieve = lambda: (tokens, mask[:, None, :])  # type: ignore[method-assign]
+    rec = _roll(policy, n, 2 * k + 3)
+    for t in (k, 2 * k + 2):
+        torch.testing.assert_close(rec["logits"][t], _window_logits(model, rec, ctx, t, k))
+
+
+def _window_logits(model, rec, ctx, t: int, k: int) -> torch.Tensor:
+    obs, rtg, action, reward = (
+        torch.stack(rec[key][t - k + 1 : t + 1], 1) for key in ("obs", "rtg", "action", "reward")
+    )
+    n = action.shape[0]
+    timestep = torch.arange(t - k + 1, t + 1).repeat(n, 1)
+    with torch.no_grad():
+        logits = model(rtg, obs, action, timestep, torch.ones(n, k, dtype=torch.bool), reward, ctx)
+    return logits[:, -1]
 
 
 def test_empty_memory_equals_no_context() -> None:
@@ -213,3 +259,11 @@ def test_larger_grids_get_their_own_run_names_and_targets() -> None:
     assert cfg.run_name == "darkroom_20x20__radt__0"
     assert (cfg.agent.target_mean, cfg.agent.target_std) == (370, 10)
     assert _compose().run_name == "darkroom__radt__0"
+
+
+def test_steps_before_first_reward() -> None:
+    from agents.radt import steps_before_first_reward
+
+    reward = np.array([0, 0, 1, 1, 0, 0, 0, 0, 1, 0], np.float32)  # episodes of 4, 3, 3 steps
+    timestep = np.array([0, 1, 2, 3, 0, 1, 2, 0, 1, 2])
+    assert steps_before_first_reward(reward, timestep).tolist() == [0, 1, 2, 4, 5, 6, 7, 8]

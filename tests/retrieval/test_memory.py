@@ -218,6 +218,22 @@ def test_short_query_rule_draws_random_same_task_chunks():
     assert picked == {2, 3}  # both chunks of task 0's other trajectory get drawn
 
 
+def test_random_same_task_replacement_at_any_step():
+    rng = np.random.default_rng(1)
+    keys = rng.normal(size=(12, 2)).astype(np.float32)
+    ch = hand_chunks(task=[0] * 4 + [1] * 4 + [2] * 4, trajectory=np.arange(12) // 2, ret=[1] * 12)
+    mem = RetrievalMemory(keys, ch, cfg(p_random_same_task=0.5))
+    q = rng.normal(size=(2000, 2)).astype(np.float32)
+    qtask, qtraj = np.tile([0, 1, 2], 667)[:2000], np.tile([0, 2, 4], 667)[:2000]
+    r = mem.retrieve(q, task=qtask, trajectory=qtraj, step=np.full(2000, 50))
+    assert 0.45 < r.replaced.mean() < 0.55  # about half, whatever the step
+    rep = r.replaced
+    assert (r.meta["task"][rep] == qtask[rep, None]).all()
+    assert (r.meta["trajectory"][rep] != qtraj[rep, None]).all()
+    with pytest.raises(ValueError, match="p_random_same_task"):
+        cfg(p_random_same_task=1.5)
+
+
 # ----------------------------------------------------------------------------- dedup
 
 
