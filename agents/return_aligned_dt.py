@@ -136,9 +136,16 @@ class ReturnAlignedDT(nn.Module):
         self.head = nn.Linear(d, n_actions)
 
     def forward(
-        self, rtg: Tensor, obs: Tensor, action: Tensor, timestep: Tensor, mask: Tensor
+        self,
+        rtg: Tensor,
+        obs: Tensor,
+        action: Tensor,
+        timestep: Tensor,
+        mask: Tensor,
+        reward: Tensor | None = None,
     ) -> Tensor:
-        """Left-padded windows (b n) -> logits (b n A), the same inputs as `DTModel`."""
+        """Left-padded windows (b n) -> logits (b n A), the same inputs as `DTModel` (`reward`
+        is accepted for that reason and unused: rewards are not tokens here)."""
         t = self.time_emb(timestep.long())
         s = self.obs_emb(obs) + t
         a = self.action_emb(action.long()) + t
