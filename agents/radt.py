@@ -130,6 +130,7 @@ class RADTConfig(DTConfig):
     dedup: bool = True
     min_query_step: int = 10  # short-query rule (training)
     p_random_same_task: float = 0.0  # training: random same-task sub-trajectory (p_task_rand_trj)
+    p_failed_same_task: float = 0.0  # training: random same-task sub-trajectory of a failed episode
     exclude_own_trajectory: bool = True
     embed_batch: int = 2048  # windows per embedder call when building keys
 
@@ -153,7 +154,7 @@ def retrieval_config(a: RADTConfig, seed: int) -> RetrievalConfig:
     return RetrievalConfig(
         chunk=a.chunk, top_l=a.top_l, candidates=a.candidates, top_k=a.top_k, alpha=a.alpha,
         sim_cutoff=a.sim_cutoff, dedup=a.dedup, min_query_step=a.min_query_step,
-        p_random_same_task=a.p_random_same_task,
+        p_random_same_task=a.p_random_same_task, p_failed_same_task=a.p_failed_same_task,
         exclude_own_trajectory=a.exclude_own_trajectory, seed=seed,
     )  # fmt: skip
 

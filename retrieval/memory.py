@@ -310,6 +310,10 @@ class RetrievalConfig:
     # training: any query gets a random same-task sub-trajectory with this probability (the
     # official `p_task_rand_trj`, 0 in the released Dark-Room config)
     p_random_same_task: float = 0.0
+    # training: any other query gets a random same-task sub-trajectory from an episode that
+    # earned nothing, with this probability (not in the paper: teaches the policy not to follow
+    # a failed episode, the situation of every in-context trial after a failed one)
+    p_failed_same_task: float = 0.0
     index: IndexConfig = field(default_factory=IndexConfig)  # training memory (cosine)
     eval_index: IndexConfig = field(default_factory=lambda: IndexConfig(metric="ip"))
     seed: int = 0
@@ -321,8 +325,9 @@ class RetrievalConfig:
             self.eval_index = IndexConfig(**self.eval_index)
         if (self.sim_cutoff is not None or self.dedup) and self.index.metric != "cosine":
             raise ValueError("sim_cutoff and dedup compare cosine similarities: use metric=cosine")
-        if not 0.0 <= self.p_random_same_task <= 1.0:
-            raise ValueError(f"p_random_same_task={self.p_random_same_task}: expected [0, 1]")
+        for name in ("p_random_same_task", "p_failed_same_task"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name}={getattr(self, name)}: expected a value in [0, 1]")
         if not 1 <= self.top_k <= self.top_l <= self.candidates:
             raise ValueError(
                 f"need 1 <= top_k ({self.top_k}) <= top_l ({self.top_l}) <= candidates "
@@ -412,6 +417,8 @@ class RetrievalMemory:
         order = np.argsort(task, kind="stable")
         uniq, first = np.unique(task[order], return_index=True)
         self.by_task = dict(zip(uniq.tolist(), np.split(order, first[1:])))
+        failed = {t: ids[index.meta["ret"][ids] <= 0] for t, ids in self.by_task.items()}
+        self.failed_by_task = {t: ids for t, ids in failed.items() if len(ids)}
 
     def __len__(self) -> int:
         return len(self.index)
@@ -465,8 +472,11 @@ class RetrievalMemory:
         )
         if cfg.min_query_step is not None and step is not None:
             short |= _as_ids(step, b, "steps") < cfg.min_query_step
-        for r in np.flatnonzero(short):
-            pool = self.by_task.get(int(task[r]))
+        failed = rng.random(b) < cfg.p_failed_same_task if cfg.p_failed_same_task else short & False
+        failed &= ~short
+        for r in np.flatnonzero(short | failed):
+            pools = self.failed_by_task if failed[r] else self.by_task
+            pool = pools.get(int(task[r]), self.by_task.get(int(task[r])))
             if pool is None:
                 continue
             if own is not None:

@@ -234,6 +234,21 @@ def test_random_same_task_replacement_at_any_step():
         cfg(p_random_same_task=1.5)
 
 
+def test_failed_same_task_replacement_draws_zero_return_chunks():
+    rng = np.random.default_rng(2)
+    keys = rng.normal(size=(12, 2)).astype(np.float32)
+    ret = [0, 0, 5, 5, 0, 0, 7, 7, 9, 9, 9, 9]  # task 2 has no failed episode
+    ch = hand_chunks(task=[0] * 4 + [1] * 4 + [2] * 4, trajectory=np.arange(12) // 2, ret=ret)
+    mem = RetrievalMemory(keys, ch, cfg(p_failed_same_task=1.0))
+    q = rng.normal(size=(300, 2)).astype(np.float32)
+    qtask, qtraj = np.tile([0, 1, 2], 100), np.tile([1, 3, 5], 100)
+    r = mem.retrieve(q, task=qtask, trajectory=qtraj, step=np.full(300, 50))
+    assert r.replaced.all() and (r.meta["task"] == qtask[:, None]).all()
+    has_failed = qtask < 2
+    assert (r.meta["ret"][has_failed] == 0).all()  # tasks 0, 1: only their failed episode
+    assert (r.meta["ret"][~has_failed] > 0).all()  # task 2: any of its chunks instead
+
+
 # ----------------------------------------------------------------------------- dedup
 
 
