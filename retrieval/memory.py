@@ -467,13 +467,14 @@ class RetrievalMemory:
         sim = np.take_along_axis(sim, pos, 1).astype(np.float32)
         score = score.astype(np.float32)
         replaced = np.zeros(b, bool)
-        short = (
-            rng.random(b) < cfg.p_random_same_task if cfg.p_random_same_task else np.zeros(b, bool)
-        )
+
+        def coin(p: float) -> np.ndarray:  # no draw when p = 0: the rng stream stays as before
+            return rng.random(b) < p if p else np.zeros(b, bool)
+
+        short = coin(cfg.p_random_same_task)
         if cfg.min_query_step is not None and step is not None:
             short |= _as_ids(step, b, "steps") < cfg.min_query_step
-        failed = rng.random(b) < cfg.p_failed_same_task if cfg.p_failed_same_task else short & False
-        failed &= ~short
+        failed = coin(cfg.p_failed_same_task) & ~short
         for r in np.flatnonzero(short | failed):
             pools = self.failed_by_task if failed[r] else self.by_task
             pool = pools.get(int(task[r]), self.by_task.get(int(task[r])))
