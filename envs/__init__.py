@@ -27,6 +27,7 @@ from envs.matrix_games import (
     make_game,
     make_partner,
 )
+from envs.point_reach import PointReachEnv, PointReachExpert
 from envs.registry import (
     make,
     make_tasks,
@@ -50,6 +51,8 @@ __all__ = [
     "KeyDoorEnv",
     "KeyDoorTask",
     "KeyDoorTasks",
+    "PointReachEnv",
+    "PointReachExpert",
     "darkroom_reward",
     "darkroom_step",
     "keydoor_reward",
