@@ -318,7 +318,7 @@ class ACTModel(nn.Module):
             ],
             dim=1,
         )  # (b k+2 d)
-        pad = torch.cat([torch.zeros_like(is_pad[:, :2]), is_pad], dim=1)
+        pad = torch.cat([is_pad.new_zeros(b, 2), is_pad], dim=1)  # CLS, proprio never padded
         h = tokens
         for layer in self.vae_encoder:
             h = layer(h, self.vae_pos[None], pad)

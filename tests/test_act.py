@@ -112,9 +112,9 @@ def test_cvae_loss_on_a_hand_made_batch_equals_the_formula() -> None:
     assert act.act_loss(pred, target, is_pad, None, None, 10.0)[2].item() == 0.0
 
 
-def small_model(**kw) -> act.ACTModel:
+def small_model(chunk_size: int = 4, **kw) -> act.ACTModel:
     cfg = act.ACTConfig(
-        chunk_size=4, hidden_dim=32, dim_feedforward=64, n_heads=2, n_encoder_layers=1,
+        chunk_size=chunk_size, hidden_dim=32, dim_feedforward=64, n_heads=2, n_encoder_layers=1,
         n_vae_encoder_layers=1, latent_dim=8, cnn_channels=[8, 16], **kw,
     )  # fmt: skip
     return act.ACTModel(cfg, (3, 16, 16), proprio_dim=2, action_dim=2)
@@ -135,6 +135,10 @@ def test_model_shapes_gradients_and_first_decoder_layer_quirk() -> None:
     assert model.predict(obs).shape == (5, 4, 2)
     # the official quirk: only the first decoder layer's output is used -> one layer is built
     assert len(small_model(n_decoder_layers=7, first_decoder_layer_only=True).decoder) == 1
+    # k = 1 (single-step imitation, the ablation's baseline) goes through the same model
+    single = small_model(chunk_size=1)
+    pred1, *_ = single(obs, action[:, :1], is_pad[:, :1])
+    assert pred1.shape == (5, 1, 2)
     # padded slots do not change the CVAE's latent (masked in its encoder)
     changed = action.clone()
     changed[0, 2:] += 5.0
