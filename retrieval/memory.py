@@ -19,7 +19,8 @@ In-context RL" (RA-DT; official code github.com/ml-jku/RA-DT: `src/buffers/cache
   sub-trajectories of their task instead (`min_seq_len = 10`). With k > 1 the picks are sorted
   by (episode return, step), ascending, as in the code.
 - Deduplication before training: a key is dropped when a same-task key from another
-  trajectory among its 10 nearest neighbours has cosine similarity > 0.98 (`deduplicate`).
+  trajectory among its 10 nearest same-task neighbours has cosine similarity > 0.98
+  (`deduplicate`, searched within each task).
 - Evaluation (`EvalMemory`, paper Algorithm 1): one memory per evaluation task that starts
   empty and receives every finished episode; s = minmax(similarity) + α·minmax(episode return)
   over the top l; raw inner product (the official eval cache does not normalise).
@@ -276,17 +277,28 @@ def deduplicate(
     batch: int = 1024,
 ) -> np.ndarray:
     """Keep-mask over the index's rows: walking in index order, each kept key removes its
-    same-task near-duplicates (cosine > cutoff) from other trajectories among its k nearest."""
+    same-task near-duplicates (cosine > cutoff) from other trajectories among its k nearest
+    same-task keys.
+
+    The search runs within each task's keys (a small flat index per task), so its cost grows
+    with the square of the keys per task, not of all keys: 320K PPO keys of 80 tasks take
+    seconds instead of the quarter of an hour a search over the whole index took on 2 cores.
+    """
     n = len(index)
     removed = np.zeros(n, bool)
     task, traj = index.meta["task"], index.meta["trajectory"]
-    for start in range(0, n, batch):
-        rows = np.arange(start, min(n, start + batch))
-        res = index.search(keys[rows], k, exclude_trajectory=traj[rows])
-        hit = res.valid & (res.scores > cutoff) & (res.meta["task"] == task[rows][:, None])
-        for r in np.flatnonzero(hit.any(1)):
-            if not removed[rows[r]]:
-                removed[res.ids[r][hit[r]]] = True
+    sub_cfg = IndexConfig(metric=index.cfg.metric, device=index.cfg.device)
+    for t in np.unique(task):
+        members = np.flatnonzero(task == t)  # ascending: index order within the task
+        sub = TrajectoryIndex(keys.shape[1], sub_cfg)
+        sub.add(keys[members], **{f: index.meta[f][members] for f in KEY_FIELDS})
+        for start in range(0, len(members), batch):
+            rows = np.arange(start, min(len(members), start + batch))
+            res = sub.search(keys[members[rows]], k, exclude_trajectory=traj[members[rows]])
+            hit = res.valid & (res.scores > cutoff)
+            for r in np.flatnonzero(hit.any(1)):
+                if not removed[members[rows[r]]]:
+                    removed[members[res.ids[r][hit[r]]]] = True
     return ~removed
 
 
