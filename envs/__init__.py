@@ -7,6 +7,7 @@ themselves at import and are imported here.
 
 from __future__ import annotations
 
+from envs.aloha import AlohaEnv
 from envs.darkroom import (
     DarkRoomEnv,
     DarkRoomTasks,
@@ -38,6 +39,7 @@ from envs.registry import (
 )
 
 __all__ = [
+    "AlohaEnv",
     "GAMES",
     "PARTNERS",
     "MatrixGame",
