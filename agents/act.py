@@ -68,6 +68,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 
 import envs
+from envs.aloha_expert import AlohaExpertConfig, AlohaScriptedExpert
 from envs.point_reach import ExpertConfig, PointReachExpert
 from rl_core.chunking import (
     EXECUTIONS,
@@ -115,7 +116,7 @@ class ACTConfig:
     std_min: float = 1e-2  # normalisation std clip (official 1e-2)
     execution: str = "ensemble"  # the mode reported as eval/success_rate
     executions: list[str] = field(default_factory=lambda: list(EXECUTIONS))  # all evaluated
-    n_action_steps: int = 5  # `replan`: actions run per chunk (SRT: 20 of 100)
+    n_action_steps: int = 5  # `replan`: actions run per chunk, at most k (SRT: 20 of 100)
     ensemble_coeff: float = 0.01  # m in w_i = exp(-m i) (0.01)
     eval_episodes: int = 50  # rollouts per execution mode (50)
 
@@ -417,9 +418,9 @@ class ACTPolicy:
         self, model: ACTModel, cfg: ACTConfig, device: torch.device, execution: str
     ) -> None:
         self.model, self.device = model, device
-        self.executor = ChunkExecutor(
-            execution, cfg.chunk_size, cfg.n_action_steps, cfg.ensemble_coeff
-        )
+        # replan runs min(n_action_steps, k) actions per chunk, so one setting serves every k
+        n_action_steps = min(cfg.n_action_steps, cfg.chunk_size)
+        self.executor = ChunkExecutor(execution, cfg.chunk_size, n_action_steps, cfg.ensemble_coeff)
         self.queries = 0  # model calls (batched), for tests and throughput
 
     def reset(self, n_envs: int) -> None:
@@ -449,18 +450,76 @@ def env_fns(env_cfg: DictConfig | dict, n: int) -> list:
     return [functools.partial(envs.make, env_cfg["name"], **env_kwargs(env_cfg))] * n
 
 
-def _point_reach_expert(env_cfg: Any, demos: DemoConfig) -> PointReachExpert:
+def _point_reach_expert(env_cfg: Any, demos: DemoConfig, env_list: list) -> PointReachExpert:
     return PointReachExpert(float(env_cfg["speed"]), demos.expert, seed=demos.seed)
 
 
-# env name -> scripted demonstrator (a rollout Policy); gym-aloha's joins here
-SCRIPTED_EXPERTS = {"point_reach": _point_reach_expert}
+def _aloha_expert(env_cfg: Any, demos: DemoConfig, env_list: list) -> AlohaScriptedExpert:
+    """gym-aloha transfer-cube: end-effector waypoints replayed as joint targets; the noise
+    options shared with point_reach's expert carry over (jitter in metres of end-effector)."""
+    e = demos.expert
+    noise = AlohaExpertConfig(
+        jitter_std=e.jitter_std, pause_prob=e.pause_prob,
+        waypoint_pause_prob=e.waypoint_pause_prob, pause_min=e.pause_min, pause_max=e.pause_max,
+    )  # fmt: skip
+    return AlohaScriptedExpert(env_list, noise, seed=demos.seed, max_steps=env_list[0].max_steps)
+
+
+@dataclass(frozen=True)
+class ScriptedExpert:
+    """How to script demonstrations for one env: `make(env_cfg, demos, envs) -> Policy`, and
+    the return an episode must reach to be kept (its success)."""
+
+    make: Any
+    success_return: float
+
+
+# env name -> scripted demonstrator; only successful episodes are kept, as ACT's sim datasets
+SCRIPTED_EXPERTS = {
+    "point_reach": ScriptedExpert(_point_reach_expert, success_return=1.0),
+    "aloha_transfer_cube": ScriptedExpert(_aloha_expert, success_return=4.0),
+}
+MAX_DEMO_ROUNDS = 5  # collection rounds (each replacing the failed episodes) before giving up
+
+
+class _KeepSuccessful:
+    """A `record_to` for the rollout loop that writes only episodes whose max reward reaches
+    `threshold` (staged rewards: aloha's 4; point_reach's 1 on reaching the target)."""
+
+    def __init__(self, store: EpisodeStore, threshold: float) -> None:
+        self.store, self.threshold = store, threshold
+        self.kept = self.seen = 0
+
+    def writer(self) -> _KeepSuccessful:
+        self.inner = self.store.writer()
+        return self
+
+    def __enter__(self) -> _KeepSuccessful:
+        self.inner.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.inner.__exit__(*exc)
+
+    def add(self, episode: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+        self.seen += 1
+        if float(np.max(episode["reward"])) >= self.threshold:
+            self.kept += 1
+            self.inner.add(episode, meta)
+
+
+def env_label(env_cfg: DictConfig | dict) -> str:
+    """The env as written in results/act: its name plus `run_tag` (e.g. `_state`), so runs that
+    differ in observations (pixels vs state) get different rows."""
+    return f"{env_cfg['name']}{env_cfg.get('run_tag') or ''}"
 
 
 def demonstrations(cfg: DictConfig, *, progress: bool | None = None) -> EpisodeStore:
-    """`demos.episodes` scripted demonstrations, recorded through the rollout loop and cached in
-    `data_dir/<env>/demos_<name>_<hash>` (built atomically; reused by every run with equal
-    env and demo settings)."""
+    """`demos.episodes` successful scripted demonstrations, recorded through the rollout loop
+    and cached in `data_dir/<env>/demos_<name>_<hash>` (built atomically; reused by every run
+    with equal env and demo settings). Failed episodes are dropped and replaced by new initial
+    states (seeds `demos.seed + i`, i counting every attempt), up to MAX_DEMO_ROUNDS rounds. The
+    expert's success rate is printed (and readable from the gaps in the kept episodes' seeds)."""
     name = cfg.env.name
     if name not in SCRIPTED_EXPERTS:
         raise ConfigError(
@@ -473,17 +532,34 @@ def demonstrations(cfg: DictConfig, *, progress: bool | None = None) -> EpisodeS
     attrs = {"env": env_plain, "demos": asdict(demos), "source": "scripted"}
     root = cache_root(cfg.data_dir, name, f"demos_{demos.name}", attrs)
     show = cfg.train.progress if progress is None else progress
+    expert_spec = SCRIPTED_EXPERTS[name]
 
     def build(store: EpisodeStore) -> None:
-        expert = SCRIPTED_EXPERTS[name](cfg.env, demos)
-        meta = [
-            {"env": name, "source": "scripted", "demos": demos.name, "seed": demos.seed + i}
-            for i in range(demos.episodes)
-        ]
-        rollout(
-            env_fns(cfg.env, demos.episodes), expert, record_to=store, metadata=meta,
-            seed=demos.seed, progress=show, desc="demonstrations",
-        )  # fmt: skip
+        keep = _KeepSuccessful(store, expert_spec.success_return)
+        for _ in range(MAX_DEMO_ROUNDS):
+            n, first = demos.episodes - keep.kept, demos.seed + keep.seen
+            if n <= 0:
+                break
+            env_list = [env_fns(cfg.env, 1)[0]() for _ in range(n)]  # the expert may read them
+            round_demos = DemoConfig(demos.name, demos.episodes, first, demos.expert)
+            expert = expert_spec.make(cfg.env, round_demos, env_list)
+            meta = [
+                {"env": name, "source": "scripted", "demos": demos.name, "seed": first + i}
+                for i in range(n)
+            ]
+            rollout(
+                [lambda e=e: e for e in env_list], expert, record_to=keep,
+                metadata=meta, seed=first, progress=show, desc="demonstrations",
+            )  # fmt: skip
+        if keep.kept < demos.episodes:
+            raise RuntimeError(
+                f"the scripted expert succeeded in only {keep.kept} of {keep.seen} episodes; "
+                f"{demos.episodes} demonstrations wanted"
+            )
+        print(
+            f"scripted expert ({name}, demos={demos.name}): {keep.kept} successful of "
+            f"{keep.seen} episodes ({keep.kept / keep.seen:.0%}); failures dropped"
+        )
 
     return open_or_build(root, attrs, build)
 
@@ -517,13 +593,14 @@ def evaluate_model(
         final = [info[-1] for info in result.infos]
         success = float(np.mean([bool(i.get("is_success", False)) for i in final]))
         metrics[f"success_rate_{mode}"] = success
-        metrics[f"final_distance_{mode}"] = float(
-            np.mean([i.get("distance", np.nan) for i in final])
-        )
+        if all("distance" in i for i in final):  # point_reach: distance to the target
+            metrics[f"final_distance_{mode}"] = float(np.mean([i["distance"] for i in final]))
         metrics[f"episode_length_{mode}"] = float(result.lengths.mean())
+        if all("stage" in i for i in final):  # aloha: highest staged reward (4 = success)
+            metrics[f"stage_{mode}"] = float(np.mean([i["stage"] for i in final]))
         rows.append(
             {
-                "env": cfg.env.name, "demos": cfg.demos.name, "chunk": agent_cfg.chunk_size,
+                "env": env_label(cfg.env), "demos": cfg.demos.name, "chunk": agent_cfg.chunk_size,
                 "execution": mode, "seed": int(cfg.seed), "success_rate": f"{success:.4f}",
             }
         )  # fmt: skip
