@@ -1,0 +1,137 @@
+"""ACT's simulated ALOHA tasks (envs/aloha.py) and the scripted transfer-cube expert
+(envs/aloha_expert.py), recorded through agents.act."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from hydra import compose, initialize_config_module
+
+import envs
+from agents import act
+from envs.aloha import N_JOINTS, AlohaEnv, gl_backend
+from envs.aloha_expert import AlohaExpertConfig, AlohaScriptedExpert, quat_axis_angle, quat_mul
+from rl_core.rollout import rollout
+
+
+def config(tmp: Path, *overrides: str):
+    with initialize_config_module("configs", version_base="1.3"):
+        return compose(
+            "act",
+            overrides=[
+                f"data_dir={tmp / 'data'}", f"run_dir={tmp / 'run'}",
+                f"results_dir={tmp / 'results'}", "logger.mode=disabled", "train.progress=false",
+                *overrides,
+            ],
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "task,obs_type",
+    [("transfer_cube", "pixels"), ("transfer_cube", "state"), ("insertion", "state")],
+)
+def test_aloha_passes_the_gymnasium_checker(task: str, obs_type: str) -> None:
+    env = AlohaEnv(task=task, obs_type=obs_type, render_mode="rgb_array")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_env(env)
+    obs, info = env.reset(seed=0)
+    assert obs.dtype == np.float32 and env.observation_space.contains(obs)
+    assert info == {"is_success": False, "stage": 0.0}
+    assert env.render().shape == (240, 320, 3)
+    joints = env.joint_positions()
+    if obs_type == "pixels":
+        assert env.image_shape == (3, 48, 64) and env.proprio_dim == N_JOINTS
+        np.testing.assert_allclose(obs[-N_JOINTS:], joints, rtol=1e-6)
+    else:  # joints, then the object pose(s) as reset
+        n_objects = 1 if task == "transfer_cube" else 2
+        assert env.image_shape is None and obs.shape == (N_JOINTS + 7 * n_objects,)
+        np.testing.assert_allclose(obs[N_JOINTS:], env.object_pose, atol=1e-6)
+    # the same seed gives the same initial state, a new seed another object pose
+    pose = env.object_pose.copy()
+    np.testing.assert_array_equal(env.reset(seed=0)[0], obs)
+    env.reset(seed=1)
+    assert not np.allclose(env.object_pose, pose)
+    env.close()
+
+
+def test_pixel_frame_shows_the_cube_and_state_matches_pixels_physics() -> None:
+    assert gl_backend() in ("egl", "osmesa")  # this machine renders offscreen
+    pixels = envs.make("aloha_transfer_cube", obs_type="pixels")
+    state = envs.make("aloha_transfer_cube", obs_type="state")
+    obs, _ = pixels.reset(seed=4)
+    frame = obs[: 3 * 48 * 64].reshape(3, 48, 64)
+    red = (frame[0] > 0.6) & (frame[1] < 0.2) & (frame[2] < 0.2)
+    assert 1 <= red.sum() <= 20  # the red cube, a few pixels at 48x64
+    state.reset(seed=4)
+    hold = pixels.joint_positions()
+    for _ in range(5):  # rendering does not change the physics
+        o_pix, *_ = pixels.step(hold)
+        o_state, *_ = state.step(hold)
+    np.testing.assert_allclose(o_pix[-N_JOINTS:], o_state[:N_JOINTS], atol=1e-6)
+    pixels.close()
+    state.close()
+
+
+def test_joint_targets_are_clipped_and_episodes_truncate() -> None:
+    envs_ = [AlohaEnv(obs_type="state", max_steps=3) for _ in range(2)]
+    for env in envs_:
+        env.reset(seed=0)
+    start = envs_[0].joint_positions()
+    too_far = envs_[0].step(np.full(N_JOINTS, 100.0, np.float32))
+    at_bound = envs_[1].step(envs_[1].action_space.high)
+    np.testing.assert_array_equal(too_far[0], at_bound[0])  # out-of-range targets are clipped
+    assert too_far[1:4] == (0.0, False, False) and too_far[4]["stage"] == 0.0
+    env = envs_[0]
+    env.reset(seed=0)
+    for _ in range(2):
+        *_, truncated, _ = env.step(start)
+        assert not truncated
+    *_, truncated, _ = env.step(start)
+    assert truncated
+    assert gym.spec("icrl/AlohaTransferCube-v0") is not None
+
+
+def test_quaternion_helpers_follow_mujoco() -> None:
+    q = quat_mul(quat_axis_angle([0, 0, 1], 90), quat_axis_angle([0, 0, 1], 90))
+    np.testing.assert_allclose(q, quat_axis_angle([0, 0, 1], 180), atol=1e-12)
+
+
+def test_scripted_expert_transfers_the_cube_and_noise_adds_pauses() -> None:
+    """Seeded episodes through the rollout loop: the clean expert reaches reward 4 (success) on
+    both, the noisy one on at least one (agents.act drops failures); hesitations slow it."""
+    lengths = {}
+    for name, noise in [
+        ("clean", AlohaExpertConfig()),
+        ("noisy", AlohaExpertConfig(jitter_std=0.005, pause_prob=0.02, waypoint_pause_prob=0.5)),
+    ]:
+        env_list = [AlohaEnv(obs_type="state") for _ in range(2)]
+        expert = AlohaScriptedExpert(env_list, noise, seed=0)
+        result = rollout([lambda e=e: e for e in env_list], expert, seed=0, progress=False)
+        success = [bool(info[-1]["is_success"]) for info in result.infos]
+        assert all(success) if name == "clean" else any(success), (name, success)
+        assert result.returns.max() >= 4.0
+        lengths[name] = result.lengths.mean()
+    assert lengths["noisy"] > lengths["clean"] + 20
+
+
+def test_act_collects_only_successful_aloha_demonstrations_and_trains(tmp_path: Path) -> None:
+    cfg = config(
+        tmp_path, "env=aloha_transfer_cube_state", "demos.episodes=3", "train.steps=2",
+        "train.batch_size=4", "agent.eval_episodes=2", "agent.executions=[open_loop]",
+        "agent.execution=open_loop", "agent.hidden_dim=16", "agent.dim_feedforward=32",
+    )  # fmt: skip
+    store = act.demonstrations(cfg, progress=False)
+    assert len(store) == 3 and all(m["source"] == "scripted" for m in store.metadata)
+    assert all(store.episode(i)["reward"].max() == 4.0 for i in range(3))  # successes only
+    assert store.episode(0)["obs"].shape[1:] == (21,) and store.episode(0)["action"].shape[1:] == (
+        14,
+    )
+    act.train(cfg)
+    table = (tmp_path / "results" / "act" / "ablation.csv").read_text().splitlines()
+    assert table[1].startswith("aloha_transfer_cube_state,clean,10,open_loop,0,")
