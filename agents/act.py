@@ -47,10 +47,19 @@ Deviations from the official code:
   state is still read from the observation to turn relative actions back into absolute ones;
   relative actions are SRT's translation delta (a - s_t), without its SE(3) rotation composition.
 
-Commands: `python -m agents.act collect|train|eval env=point_reach` (`collect` records
-`demos.episodes` scripted demonstrations through the rollout loop into a cached EpisodeStore;
-`train` fits and evaluates every mode in `agent.executions`, `eval_episodes` rollouts each, and
-writes `results/act/ablation.csv` rows; `eval` reloads the checkpoint and evaluates again).
+Tasks and demonstrations: ACT's simulated transfer-cube (`env=aloha_transfer_cube`, gym-aloha
+via envs/aloha.py: 48x64 top-camera frame + 14 joint positions; `env=aloha_transfer_cube_state`:
+joints + cube pose) with the scripted expert of envs/aloha_expert.py (end-effector waypoints
+replayed as joint targets), and the 2-D stand-in `env=point_reach`. Demonstrations are kept only
+when the expert succeeded, so every one shows the task done; noise options (jitter, pauses) are
+under `demos.expert`.
+
+Commands: `python -m agents.act collect|train|eval|table env=...` (`collect` records
+`demos.episodes` successful scripted demonstrations through the rollout loop into a cached
+EpisodeStore; `train` fits and evaluates every mode in `agent.executions`, `eval_episodes`
+rollouts each, and writes `results/act/ablation.csv` rows, `env` being the env's name plus its
+`run_tag`; `eval` reloads the checkpoint and evaluates again; `table` prints the CSV's summary,
+mean +- 95% t-interval over seeds). The ablation: `scripts/act_ablation.sh`, results/act/README.md.
 """
 
 from __future__ import annotations
@@ -83,7 +92,7 @@ from rl_core.config import ConfigError, to_dataclass
 from rl_core.data import EpisodeStore, cache_root, open_or_build
 from rl_core.logging import Logger, LoggerConfig
 from rl_core.rollout import rollout
-from rl_core.tables import upsert_rows
+from rl_core.tables import read_rows, upsert_rows
 from rl_core.train import TrainConfig, Trainer
 from rl_core.utils import resolve_device
 
@@ -474,7 +483,7 @@ class ScriptedExpert:
     success_return: float
 
 
-# env name -> scripted demonstrator; only successful episodes are kept, as ACT's sim datasets
+# env name -> scripted demonstrator; only its successful episodes are kept
 SCRIPTED_EXPERTS = {
     "point_reach": ScriptedExpert(_point_reach_expert, success_return=1.0),
     "aloha_transfer_cube": ScriptedExpert(_aloha_expert, success_return=4.0),
@@ -648,6 +657,47 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+_T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
+
+
+def mean_ci95(values: list[float]) -> tuple[float, float]:
+    """Mean and half-width of Student's t 95% interval (0 for one value)."""
+    x = np.asarray(values, dtype=np.float64)
+    if len(x) < 2:
+        return float(x.mean()), 0.0
+    t = _T975.get(len(x) - 1, 1.96 + 2.5 / (len(x) - 1))  # t -> 1.96; within 1% for df >= 10
+    return float(x.mean()), float(t * x.std(ddof=1) / np.sqrt(len(x)))
+
+
+def summary_table(rows: list[dict[str, str]]) -> str:
+    """Markdown: success rate (%) as mean +- 95% CI over seeds, one row per (env, demos, chunk),
+    one column per execution mode; `n` = seeds."""
+    cells: dict[tuple[str, str, int], dict[str, list[float]]] = {}
+    for r in rows:
+        key = (r["env"], r["demos"], int(r["chunk"]))
+        cells.setdefault(key, {}).setdefault(r["execution"], []).append(float(r["success_rate"]))
+    lines = [
+        "| env | demos | chunk k | " + " | ".join(EXECUTIONS) + " | n |",
+        "|---|---|---|" + "---|" * len(EXECUTIONS) + "---|",
+    ]
+    for (env, demos, chunk), by_mode in sorted(cells.items()):
+        text = []
+        for mode in EXECUTIONS:
+            mean, ci = mean_ci95(by_mode[mode]) if mode in by_mode else (np.nan, np.nan)
+            text.append(f"{100 * mean:.0f} ± {100 * ci:.0f}" if mode in by_mode else "–")
+        n = max(len(v) for v in by_mode.values())
+        lines.append(f"| {env} | {demos} | {chunk} | " + " | ".join(text) + f" | {n} |")
+    return "\n".join(lines) + "\n"
+
+
+def table(cfg: DictConfig) -> str:
+    """Print the summary of `results_dir/act/ablation.csv` (see `summary_table`)."""
+    path = Path(cfg.results_dir) / "act" / "ablation.csv"
+    text = summary_table(read_rows(path, RESULT_COLUMNS))
+    print(text, end="")
+    return text
+
+
 def collect(cfg: DictConfig) -> EpisodeStore:
     store = demonstrations(cfg)
     lengths = store.episode_lengths
@@ -659,4 +709,6 @@ def collect(cfg: DictConfig) -> EpisodeStore:
 
 
 if __name__ == "__main__":
-    run_cli({"collect": collect, "train": train, "eval": evaluate}, config_name="act")
+    run_cli(
+        {"collect": collect, "train": train, "eval": evaluate, "table": table}, config_name="act"
+    )

@@ -249,3 +249,28 @@ def test_chunk_sampler_on_recorded_demonstrations(tmp_path: Path) -> None:
     assert last["is_pad"][0].tolist() == [False] + [True] * 9
     # absolute position commands: the last one is within the success radius of the target
     assert np.linalg.norm(last["action"][0, 0] - last["obs"][0, 2:]) < cfg.env.success_radius + 1e-6
+
+
+def test_replan_runs_at_most_k_actions_so_k1_works_in_every_mode() -> None:
+    model = small_model(chunk_size=1).eval()
+    for mode in ("open_loop", "replan", "ensemble"):
+        policy = act.ACTPolicy(model, model.cfg, torch.device("cpu"), mode)
+        policy.reset(2)
+        obs = np.random.default_rng(0).random((2, 3 * 16 * 16 + 2), dtype=np.float32)
+        for _ in range(3):
+            assert policy.act(obs).shape == (2, 2)
+        assert policy.queries == 3  # k = 1: every mode queries every step
+
+
+def test_summary_table_gives_mean_and_t_interval_over_seeds() -> None:
+    rows = [
+        {"env": "e", "demos": "noisy", "chunk": "10", "execution": "ensemble", "seed": str(s),
+         "success_rate": str(v)}
+        for s, v in enumerate([0.5, 0.6, 0.7])
+    ]  # fmt: skip
+    mean, ci = act.mean_ci95([0.5, 0.6, 0.7])
+    assert mean == pytest.approx(0.6) and ci == pytest.approx(4.303 * 0.1 / math.sqrt(3))
+    assert act.mean_ci95([0.4]) == (0.4, 0.0)
+    table = act.summary_table(rows).splitlines()
+    assert table[0] == "| env | demos | chunk k | open_loop | replan | ensemble | n |"
+    assert table[2] == "| e | noisy | 10 | – | – | 60 ± 25 | 3 |"
