@@ -6,18 +6,21 @@ as `gym-aloha` 0.1.5 (github.com/huggingface/gym-aloha), whose MuJoCo models, re
 staged rewards are used here unchanged (`gym_aloha.assets`, `gym_aloha.tasks.sim`).
 
 Why a wrapper instead of `gym_aloha.env.AlohaEnv`: its task renders three cameras at 480x640 in
-every `get_observation` and the env renders a fourth view, which runs at ~5 steps/s on a CPU
+every `get_observation` and the env renders a fourth view, which runs at ~4 steps/s on a CPU
 without a GPU (software OpenGL, llvmpipe); `obs_type="state"` raises NotImplementedError; the box
 pose is a module global; and observations are dicts while our rollout loop and store take arrays.
 Here the physics is stepped directly (10 MuJoCo substeps of 2 ms per 20 ms control step, as
 `control.Environment(control_timestep=DT)`), and one small frame is rendered straight from the
 physics (`physics.render(h, w, camera_id)`) with no multisampling and no shadows/reflections.
 
-Measured on this 2-core CPU machine (1 thread, llvmpipe;
-`OMP_NUM_THREADS=1 python -c "import envs.aloha as a; a.benchmark()"`): **~125 env
-steps/s at 48x64 from the top camera** (physics alone ~1,400 steps/s; `obs_type="state"`
-~1,350 steps/s) vs **~5 steps/s for gym-aloha's `AlohaTransferCube-v0` at its default
-480x640** (three cameras rendered per step plus the returned one): about 25x faster with pixels.
+Measured on this 2-core CPU machine (1 thread, llvmpipe, another job on the other core;
+`OMP_NUM_THREADS=1 python -c "import envs.aloha as a; a.benchmark()"`): **~120 env steps/s with
+the 48x64 top-camera frame** and ~2,400 steps/s with `obs_type="state"`, vs **~4 steps/s for
+gym-aloha's `AlohaTransferCube-v0` at its default 480x640** (three cameras rendered per step plus
+the returned one): about 30x faster with pixels. The frame's cost is a fixed ~7 ms per render
+(64x64 and 32x32 cost the same); with the model's default 4x multisampling, shadows and
+reflections one 64x64 render takes ~60 ms (~16/s instead of ~150/s). Each pixel env
+holds its own GL context (~90 MB with llvmpipe: 50 envs in lock-step take ~4.7 GB).
 
 Interface (ours, not gym-aloha's):
 * action (14,): absolute joint-position targets, ACT's layout: left arm 6 joints, left gripper

@@ -31,8 +31,7 @@ stops. Paused states look like moving ones, so the demonstrations are non-Markov
 privileged, as ACT's scripted policy (which reads the object pose from the simulator): it holds
 the env objects and reads each episode's initial cube pose (`AlohaEnv.object_pose`), so the envs
 must be stepped in this process (the rollout loop's default `sync` vectorisation). Replays that
-fail are recorded like any episode; agents.act keeps only the successful ones, as ACT keeps its
-successful scripted episodes.
+fail are recorded like any episode; agents.act keeps only the successful ones.
 """
 
 from __future__ import annotations
