@@ -464,8 +464,8 @@ def _point_reach_expert(env_cfg: Any, demos: DemoConfig, env_list: list) -> Poin
 
 
 def _aloha_expert(env_cfg: Any, demos: DemoConfig, env_list: list) -> AlohaScriptedExpert:
-    """gym-aloha transfer-cube: end-effector waypoints replayed as joint targets; the noise
-    options shared with point_reach's expert carry over (jitter in metres of end-effector)."""
+    """gym-aloha transfer-cube / insertion: end-effector waypoints replayed as joint targets; the
+    noise options shared with point_reach's expert carry over (jitter in metres of end-effector)."""
     e = demos.expert
     noise = AlohaExpertConfig(
         jitter_std=e.jitter_std, pause_prob=e.pause_prob,
@@ -487,6 +487,7 @@ class ScriptedExpert:
 SCRIPTED_EXPERTS = {
     "point_reach": ScriptedExpert(_point_reach_expert, success_return=1.0),
     "aloha_transfer_cube": ScriptedExpert(_aloha_expert, success_return=4.0),
+    "aloha_insertion": ScriptedExpert(_aloha_expert, success_return=4.0),
 }
 MAX_DEMO_ROUNDS = 5  # collection rounds (each replacing the failed episodes) before giving up
 

@@ -1,4 +1,4 @@
-"""ACT's simulated bimanual ALOHA tasks (transfer-cube, insertion) from `gym-aloha`, made cheap on a CPU.
+"""ACT's simulated bimanual ALOHA tasks (transfer-cube, insertion) from gym-aloha, cheap on a CPU.
 
 Paper: Zhao, Kumar, Levine, Finn, "Learning Fine-Grained Bimanual Manipulation with Low-Cost
 Hardware" (ACT, RSS 2023); official sim code github.com/tonyzhaozh/act (`sim_env.py`), packaged

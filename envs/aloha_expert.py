@@ -1,24 +1,26 @@
-"""Scripted transfer-cube demonstrations for `envs.aloha`, the way ACT made its simulated ones.
+"""Scripted demonstrations for `envs.aloha` (transfer-cube, insertion), made the way ACT made its.
 
 ACT (Zhao et al. 2023; official `scripted_policy.py` + `record_sim_episodes.py` in
 github.com/tonyzhaozh/act) scripts waypoints for both grippers in end-effector space, runs them in
 an end-effector-controlled copy of the scene (each gripper welded to a mocap body), records the
 joint positions it goes through, and replays those as joint-position targets in the joint-space
-env. Here the same, with our own plan:
+env. Here the same; the waypoints follow the structure and timing of ACT's scripted policies:
 
-* right gripper: above the cube (tilted 60 degrees down and turned toward the cube as seen from
-  the right arm's base), down, close, lift to the meeting point, later open and retreat;
-* left gripper: turned 90 degrees about its axis, waits beside the meeting point, moves in to
-  take the cube, closes, retreats. Transfer-cube's success (reward 4) is the left gripper
-  touching the cube while it is off the table, reached at ~210 steps of the 400-step plan.
+* transfer-cube: the right gripper goes above the cube (tilted 60 degrees down and, ours, turned
+  toward the cube as seen from the right arm's base), down, closes, lifts to the meeting point,
+  later opens and retreats; the left gripper, turned 90 degrees about its axis, waits beside the
+  meeting point, moves in to take the cube, closes, retreats. Success (reward 4) is the left
+  gripper touching the cube while it is off the table, reached at ~210 steps of the 400;
+* insertion: the right gripper takes the peg, the left one the socket, both lift to either side
+  of the middle and push together until the peg touches the pin (~330 steps).
 
 Deviations from ACT's script (besides the waypoint values, which are ours): the end-effector
-scene is gym-aloha's `bimanual_viperx_end_effector_transfer_cube.xml`, whose mocap welds are
+scene is gym-aloha's `bimanual_viperx_end_effector_<task>.xml`, whose mocap welds are
 stiffened (solimp 0.9/0.95 instead of 0.25/0.25: with MuJoCo 3 the soft weld left the gripper
 centimetres off its target and the scripted grasp failed) and whose mocap bodies start exactly
 at the pose the weld holds (the gripper's finger point, 13.5 cm ahead of `gripper_link`) so
-nothing jumps at the start; the grasp orientation yaws toward the cube (cubes near the right
-arm's base were missed otherwise); the replayed action at step t is the joint position the
+nothing jumps at the start; transfer-cube's grasp orientation yaws toward the cube (cubes near
+the right arm's base were missed otherwise); the replayed action at step t is the joint position the
 end-effector sim reached after step t (ACT: before it), grippers replaced by their normalised
 commands, as ACT does.
 
@@ -29,9 +31,9 @@ stops. Paused states look like moving ones, so the demonstrations are non-Markov
 
 `AlohaScriptedExpert` is a rollout `Policy` (rl_core.rollout) for a batch of `AlohaEnv`s. It is
 privileged, as ACT's scripted policy (which reads the object pose from the simulator): it holds
-the env objects and reads each episode's initial cube pose (`AlohaEnv.object_pose`), so the envs
-must be stepped in this process (the rollout loop's default `sync` vectorisation). Replays that
-fail are recorded like any episode; agents.act keeps only the successful ones.
+the env objects and reads each episode's initial object pose(s) (`AlohaEnv.object_pose`), so
+the envs must be stepped in this process (the rollout loop's default `sync` vectorisation).
+Replays that fail are recorded like any episode; agents.act keeps only the successful ones.
 """
 
 from __future__ import annotations
@@ -44,11 +46,17 @@ import numpy as np
 
 from envs.aloha import CONTROL_DT, N_JOINTS, _import_gym_aloha
 
-__all__ = ["AlohaExpertConfig", "AlohaScriptedExpert", "EndEffectorSim", "plan_transfer_cube"]
+__all__ = [
+    "AlohaExpertConfig",
+    "AlohaScriptedExpert",
+    "EndEffectorSim",
+    "plan_insertion",
+    "plan_transfer_cube",
+]
 
 RIGHT_BASE = np.array([0.469, 0.5, 0.0])  # the right arm's base (vx300s_right.xml)
 MEET = np.array([0.0, 0.5, 0.25])  # where the cube changes hands
-PLAN_STEPS = 400  # ACT's transfer-cube episode length
+PLAN_STEPS = 400  # ACT's episode length for both tasks
 
 
 @dataclass
@@ -157,27 +165,65 @@ def plan_transfer_cube(
     return left, right
 
 
+def plan_insertion(
+    peg_xyz: np.ndarray, socket_xyz: np.ndarray, init_left: np.ndarray, init_right: np.ndarray
+) -> tuple[Waypoints, Waypoints]:
+    """Waypoints (left, right): the right gripper takes the peg, the left one the socket (both
+    tilted 60 degrees down, no yaw: a yawed grasp misaligns peg and socket), both lift to the
+    middle and push together until the peg touches the pin (reward 4)."""
+    pick_right = quat_mul(init_right[3:], quat_axis_angle([0, 1, 0], -60))
+    pick_left = quat_mul(init_left[3:], quat_axis_angle([0, 1, 0], 60))
+    meet, lift = MEET + [0.0, 0.0, -0.1], 0.00715  # peg held slightly higher than the socket
+    rows = []
+    for obj, pick, side in ((socket_xyz, pick_left, -1.0), (peg_xyz, pick_right, 1.0)):
+        start = init_left if side < 0 else init_right
+        dz = 0.0 if side < 0 else lift
+        rows.append(
+            [
+                (0, start[:3], start[3:], 0.0),
+                (120, obj + [0, 0, 0.08], pick, 1.0),  # open, above the object
+                (170, obj + [0, 0, -0.03], pick, 1.0),  # down
+                (220, obj + [0, 0, -0.03], pick, 0.0),  # close
+                (285, meet + [0.1 * side, 0, dz], pick, 0.0),  # lift to either side of the middle
+                (340, meet + [0.05 * side, 0, dz], pick, 0.0),  # push together: insert
+                (PLAN_STEPS, meet + [0.05 * side, 0, dz], pick, 0.0),
+            ]
+        )
+    return Waypoints.of(rows[0]), Waypoints.of(rows[1])
+
+
 class EndEffectorSim:
     """gym-aloha's end-effector-controlled scene: each gripper follows a mocap body's pose."""
 
-    def __init__(self) -> None:
+    def __init__(self, task: str = "transfer_cube") -> None:
         from dm_control import mujoco as dm_mujoco
-        from gym_aloha.tasks.sim_end_effector import TransferCubeEndEffectorTask
+        from gym_aloha.tasks.sim_end_effector import (
+            InsertionEndEffectorTask,
+            TransferCubeEndEffectorTask,
+        )
 
+        if task not in ("transfer_cube", "insertion"):
+            raise ValueError(f"task={task!r}: expected transfer_cube or insertion")
+        self.task_name = task
         self.constants = _import_gym_aloha()
-        xml = self.constants.ASSETS_DIR / "bimanual_viperx_end_effector_transfer_cube.xml"
+        xml = self.constants.ASSETS_DIR / f"bimanual_viperx_end_effector_{task}.xml"
         self.physics = dm_mujoco.Physics.from_xml_path(str(xml))
         self.physics.model.eq_solimp[:, :3] = [0.9, 0.95, 0.001]  # stiff welds (module doc)
-        self.task = TransferCubeEndEffectorTask()  # supplies get_qpos and the staged reward
+        # supplies get_qpos and the staged reward
+        self.task = (
+            TransferCubeEndEffectorTask() if task == "transfer_cube" else InsertionEndEffectorTask()
+        )
+        self.n_objects = 1 if task == "transfer_cube" else 2
         self.n_substeps = round(CONTROL_DT / float(self.physics.model.opt.timestep))
 
-    def reset(self, cube_pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Start pose, cube at `cube_pose` (7,); returns the mocap poses (left, right) (7,) that
-        the welds hold at the start, i.e. where each gripper's finger point is."""
+    def reset(self, object_pose: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Start pose, objects at `object_pose` (7 per object: cube, or peg then socket); returns
+        the mocap poses (left, right) (7,) that the welds hold at the start, i.e. where each
+        gripper's finger point is."""
         physics, c = self.physics, self.constants
         with physics.reset_context():
             physics.data.qpos[:16] = c.START_ARM_POSE
-            physics.data.qpos[16:23] = cube_pose
+            physics.data.qpos[16 : 16 + 7 * self.n_objects] = object_pose
             closed = c.PUPPET_GRIPPER_POSITION_CLOSE
             physics.data.ctrl[:] = [closed, -closed, closed, -closed]
         poses = []
@@ -213,15 +259,18 @@ class EndEffectorSim:
 
 def scripted_episode(
     sim: EndEffectorSim,
-    cube_pose: np.ndarray,
+    object_pose: np.ndarray,
     cfg: AlohaExpertConfig,
     rng: np.random.Generator,
     max_steps: int = PLAN_STEPS,
 ) -> tuple[np.ndarray, float]:
     """One scripted episode in the end-effector sim: joint actions (max_steps, 14) for the
     joint-space env, and the highest staged reward the end-effector sim reached."""
-    init_left, init_right = sim.reset(cube_pose)
-    left, right = plan_transfer_cube(cube_pose[:3], init_left, init_right)
+    init_left, init_right = sim.reset(object_pose)
+    if sim.task_name == "transfer_cube":
+        left, right = plan_transfer_cube(object_pose[:3], init_left, init_right)
+    else:
+        left, right = plan_insertion(object_pose[:3], object_pose[7:10], init_left, init_right)
     stops = np.union1d(left.t[1:-1], right.t[1:-1])  # waypoint times: hesitation chances
     actions = np.zeros((max_steps, N_JOINTS))
     clock, pause_left, best = 0.0, 0, 0.0
@@ -247,10 +296,10 @@ def scripted_episode(
 
 
 class AlohaScriptedExpert:
-    """Scripted transfer-cube demonstrator for a batch of `AlohaEnv`s (a rollout `Policy`).
+    """Scripted demonstrator for a batch of `AlohaEnv`s of one task (a rollout `Policy`).
 
     At each env's first step of an episode it runs the end-effector sim from that env's initial
-    cube pose (with this expert's noise) and then replays the recorded joint actions, one per
+    object pose(s) (with this expert's noise) and then replays the recorded joint actions, one per
     step. `ee_success` counts the plans whose end-effector run reached the max reward.
     """
 
@@ -262,12 +311,13 @@ class AlohaScriptedExpert:
         max_steps: int = PLAN_STEPS,
     ) -> None:
         self.envs = [env.unwrapped for env in envs]
-        if any(getattr(env, "task", None) != "transfer_cube" for env in self.envs):
-            raise ValueError("AlohaScriptedExpert scripts transfer_cube only")
+        tasks = {getattr(env, "task", None) for env in self.envs}
+        if len(tasks) != 1 or not tasks <= {"transfer_cube", "insertion"}:
+            raise ValueError(f"expected AlohaEnvs of one task, got tasks {tasks}")
         self.cfg = cfg or AlohaExpertConfig()
         self.rng = np.random.default_rng(seed)
         self.max_steps = max_steps
-        self.sim = EndEffectorSim()
+        self.sim = EndEffectorSim(tasks.pop())
         self.plans: list[np.ndarray | None] = []
         self.t = np.zeros(0, dtype=np.int64)
         self.planned = self.ee_success = 0
@@ -284,7 +334,7 @@ class AlohaScriptedExpert:
             plan = self.plans[i]
             if plan is None:
                 plan, best = scripted_episode(
-                    self.sim, env.object_pose[:7], self.cfg, self.rng, self.max_steps
+                    self.sim, env.object_pose, self.cfg, self.rng, self.max_steps
                 )
                 self.plans[i] = plan
                 self.planned += 1
