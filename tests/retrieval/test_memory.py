@@ -341,3 +341,18 @@ def test_config_rejects_cutoff_without_cosine():
         RetrievalConfig(index={"metric": "ip"})
     with pytest.raises(ValueError, match="top_k"):
         RetrievalConfig(top_k=60)
+
+
+def test_dedup_task_scope_sees_past_other_tasks_crowding_the_neighbours():
+    # key 0 and key 3 (same task, other trajectory) are near-identical, but two other-task keys
+    # are even closer to key 0: with k=2 the global search never sees key 3, the task one does
+    keys = np.stack([unit(a) for a in (0, 0.1, 0.2, 0.5)])
+    ch = hand_chunks(task=[0, 1, 1, 0], trajectory=[1, 2, 3, 4], ret=[1] * 4)
+    index = TrajectoryIndex(2)
+    index.add(keys, **ch.meta)
+    np.testing.assert_array_equal(deduplicate(index, keys, k=2), [True, True, False, True])
+    np.testing.assert_array_equal(
+        deduplicate(index, keys, k=2, scope="task"), [True, True, False, False]
+    )
+    with pytest.raises(ValueError, match="scope='both'"):
+        deduplicate(index, keys, scope="both")
