@@ -62,6 +62,8 @@ the query's task ≈89% of the time (chance 1/80). With an oracle episode in eac
 memory the policy reaches the goal on 16-17 of 20 tasks (72-74 mean reward), so it exploits
 retrieved trajectories; but it rarely finds a new goal after the first trial (≈23 mean reward
 from trial 1 to 40): in-context exploration, and with it the ≥ 75 target, is not reached yet.
+Trained on the paper's own data (PPO histories, `source=ppo`) at the CPU size it is no better
+(17.5 → 13.4), so the data source is not the missing piece at this scale.
 """
 
 from __future__ import annotations
