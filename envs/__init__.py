@@ -8,6 +8,8 @@ themselves at import and are imported here.
 from __future__ import annotations
 
 from envs.aloha import AlohaEnv
+from envs.atari import AtariConfig, AtariEnv
+from envs.crafter_env import CrafterEnv, crafter_score
 from envs.darkroom import (
     DarkRoomEnv,
     DarkRoomTasks,
@@ -28,7 +30,9 @@ from envs.matrix_games import (
     make_game,
     make_partner,
 )
+from envs.minigrid_env import MiniGridEnv
 from envs.point_reach import PointReachEnv, PointReachExpert
+from envs.procgen_env import ProcgenEnv
 from envs.registry import (
     make,
     make_tasks,
@@ -37,9 +41,19 @@ from envs.registry import (
     registered_envs,
     registered_tasks,
 )
+from envs.vector import env_fns, make_vector, vectorization
 
 __all__ = [
     "AlohaEnv",
+    "AtariConfig",
+    "AtariEnv",
+    "CrafterEnv",
+    "MiniGridEnv",
+    "ProcgenEnv",
+    "crafter_score",
+    "env_fns",
+    "make_vector",
+    "vectorization",
     "GAMES",
     "PARTNERS",
     "MatrixGame",
