@@ -27,6 +27,9 @@ first (DIAMOND, gymnasium).
 
 `info` gains `life_loss` (a life was lost on this step) and keeps ALE's `lives`,
 `episode_frame_number`, `frame_number`.
+
+Cost on one core (random policy, other jobs on the machine): ~1,350 agent steps/s on Pong, ~900
+on Breakout (4 emulated frames, an RGB screen copy per frame, one resize per step).
 """
 
 from __future__ import annotations

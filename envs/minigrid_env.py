@@ -20,6 +20,9 @@ of view by default (`highlight=False`): it costs about half the step time and sh
 full view lacks. `num_actions` keeps only the first k actions (3 = left, right, forward).
 Rewards, termination (goal reached) and truncation (`max_steps`, minigrid's default 4 * size^2)
 are minigrid's.
+
+Cost on one core (random policy, other jobs on the machine), Empty-5x5: ~2,700 steps/s with
+32x32 full-view pixels, ~4,200 symbolic, ~1,400 with 64x64 partial-view pixels.
 """
 
 from __future__ import annotations

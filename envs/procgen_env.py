@@ -20,6 +20,8 @@ is loaded through cffi and works with numpy 2, so it is installed with `--no-dep
   first frame without rebuilding anything. Procgen does not tell time-outs from deaths or
   success, so every end is `terminated` (as gym3's own gym adapter does); `info` has
   `level_complete` on the last step and `level_seed` always.
+
+Cost on one core: ~12,000 steps/s on CoinRun; the first env of a process loads the assets (~2 s).
 """
 
 from __future__ import annotations
