@@ -120,21 +120,24 @@ def test_scripted_expert_transfers_the_cube_and_noise_adds_pauses() -> None:
     assert lengths["noisy"] > lengths["clean"] + 20
 
 
-def test_act_collects_only_successful_aloha_demonstrations_and_trains(tmp_path: Path) -> None:
+@pytest.mark.parametrize("env", ["aloha_transfer_cube_state", "aloha_transfer_cube"])
+def test_act_collects_only_successful_aloha_demonstrations_and_trains(
+    tmp_path: Path, env: str
+) -> None:
     cfg = config(
-        tmp_path, "env=aloha_transfer_cube_state", "demos.episodes=3", "train.steps=2",
-        "train.batch_size=4", "agent.eval_episodes=2", "agent.executions=[open_loop]",
-        "agent.execution=open_loop", "agent.hidden_dim=16", "agent.dim_feedforward=32",
+        tmp_path, f"env={env}", "demos.episodes=2", "train.steps=2", "train.batch_size=4",
+        "agent.eval_episodes=1", "agent.executions=[open_loop]", "agent.execution=open_loop",
+        "agent.hidden_dim=16", "agent.dim_feedforward=32", "agent.cnn_channels=[8,16]",
     )  # fmt: skip
     store = act.demonstrations(cfg, progress=False)
-    assert len(store) == 3 and all(m["source"] == "scripted" for m in store.metadata)
-    assert all(store.episode(i)["reward"].max() == 4.0 for i in range(3))  # successes only
-    assert store.episode(0)["obs"].shape[1:] == (21,) and store.episode(0)["action"].shape[1:] == (
-        14,
-    )
+    assert len(store) == 2 and all(m["source"] == "scripted" for m in store.metadata)
+    assert all(store.episode(i)["reward"].max() == 4.0 for i in range(2))  # successes only
+    obs_dim = 21 if env.endswith("_state") else 3 * 48 * 64 + 14
+    episode = store.episode(0)
+    assert episode["obs"].shape[1:] == (obs_dim,) and episode["action"].shape[1:] == (14,)
     act.train(cfg)
     table = (tmp_path / "results" / "act" / "ablation.csv").read_text().splitlines()
-    assert table[1].startswith("aloha_transfer_cube_state,clean,10,open_loop,0,")
+    assert table[1].startswith(f"{env},clean,10,open_loop,0,")
 
 
 def test_scripted_insertion_expert_inserts_the_peg() -> None:
