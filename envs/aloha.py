@@ -82,6 +82,7 @@ _PROBE = (
     "print('render-ok', r.render().shape)"
 )
 _GL_BACKEND: list[str | None] = []  # cached choice: [] = not chosen yet, [None] = no GL
+_GL_TRIED: list[str] = []  # the backends probed, for the fallback message
 
 
 def _probe_gl(backend: str) -> bool:
@@ -112,6 +113,7 @@ def gl_backend() -> str | None:
         requested = os.environ.get("MUJOCO_GL")
         candidates = [requested] if requested else []
         candidates += [b for b in ("egl", "osmesa") if b != requested]
+        _GL_TRIED[:] = candidates
         chosen = next((b for b in candidates if _probe_gl(b)), None)
         os.environ["MUJOCO_GL"] = chosen or "disable"
         if chosen:
@@ -156,7 +158,8 @@ class AlohaEnv(gym.Env):
             raise ValueError(f"render_mode={render_mode!r}: expected None or 'rgb_array'")
         if (obs_type == "pixels" or render_mode is not None) and gl_backend() is None:
             warnings.warn(
-                "envs.aloha: no offscreen OpenGL works here (tried MUJOCO_GL=egl and osmesa); "
+                "envs.aloha: no offscreen OpenGL works here (tried MUJOCO_GL="
+                f"{', '.join(_GL_TRIED) or os.environ.get('MUJOCO_GL')}); "
                 "falling back to obs_type='state' (joint positions + object pose) and no render. "
                 "Install EGL (libegl1) or OSMesa (libosmesa6) for pixel observations.",
                 stacklevel=2,

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -17,6 +20,8 @@ from agents import act
 from envs.aloha import N_JOINTS, AlohaEnv, gl_backend
 from envs.aloha_expert import AlohaExpertConfig, AlohaScriptedExpert, quat_axis_angle, quat_mul
 from rl_core.rollout import rollout
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def config(tmp: Path, *overrides: str):
@@ -146,3 +151,27 @@ def test_scripted_insertion_expert_inserts_the_peg() -> None:
     result = rollout([lambda e=e: e for e in env_list], expert, seed=0, progress=False)
     assert any(info[-1]["is_success"] for info in result.infos)  # ~83% of seeds succeed
     assert all(info[-1]["stage"] >= 2.0 for info in result.infos)  # both objects lifted at least
+
+
+def test_without_working_egl_the_env_falls_back_with_a_message(tmp_path: Path) -> None:
+    """An EGL device that does not exist makes EGL fail: the env takes OSMesa where it works,
+    else state observations, and says so."""
+    code = (
+        "import warnings, envs\n"
+        "with warnings.catch_warnings(record=True) as w:\n"
+        "    warnings.simplefilter('always')\n"
+        "    env = envs.make('aloha_transfer_cube')\n"
+        "import os; print('RESULT', env.obs_type, env.observation_space.shape[0], "
+        "os.environ['MUJOCO_GL'], any('falling back' in str(x.message) for x in w))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("MUJOCO_GL", "PYOPENGL_PLATFORM")}
+    env.update(MUJOCO_EGL_DEVICE_ID="99", PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    obs_type, dim, backend, warned = result.split()[1:]
+    if backend == "osmesa":  # software GL without EGL: pixels still work
+        assert obs_type == "pixels" and warned == "False"
+    else:
+        assert (obs_type, dim, backend, warned) == ("state", "21", "disable", "True")
