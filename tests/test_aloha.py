@@ -13,27 +13,15 @@ import gymnasium as gym
 import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
-from hydra import compose, initialize_config_module
 
 import envs
 from agents import act
 from envs.aloha import N_JOINTS, AlohaEnv, gl_backend
 from envs.aloha_expert import AlohaExpertConfig, AlohaScriptedExpert, quat_axis_angle, quat_mul
 from rl_core.rollout import rollout
+from tests.test_act import config
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def config(tmp: Path, *overrides: str):
-    with initialize_config_module("configs", version_base="1.3"):
-        return compose(
-            "act",
-            overrides=[
-                f"data_dir={tmp / 'data'}", f"run_dir={tmp / 'run'}",
-                f"results_dir={tmp / 'results'}", "logger.mode=disabled", "train.progress=false",
-                *overrides,
-            ],
-        )  # fmt: skip
 
 
 @pytest.mark.parametrize(
