@@ -36,7 +36,7 @@ import torch  # noqa: E402
 from agents.ad import ADConfig, ADModel, ADPolicy  # noqa: E402
 from envs.darkroom import DarkRoomTasks  # noqa: E402
 from rl_core.nn.sampling import sample_logits  # noqa: E402
-from rl_core.rollout import rollout  # noqa: E402
+from rl_core.rollout import ActionRecorder, rollout  # noqa: E402
 
 
 class ReencodePolicy:
@@ -69,26 +69,9 @@ class ReencodePolicy:
         del self.prev_reward[: -self.window]
 
 
-class ActionLog:
-    """Passes a policy through and keeps its actions, for the greedy-agreement check."""
-
-    def __init__(self, policy) -> None:
-        self.policy, self.actions = policy, []
-
-    def reset(self, n_envs: int) -> None:
-        self.policy.reset(n_envs)
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        self.actions.append(np.asarray(self.policy.act(obs)))
-        return self.actions[-1]
-
-    def observe(self, actions, rewards, dones) -> None:
-        self.policy.observe(actions, rewards, dones)
-
-
 def timed_rollout(policy, model: ADModel, tasks: DarkRoomTasks, trials: int):
     """Seconds, env steps, actions (b, steps) and last-token logits (b, steps, A) of one trial."""
-    log, logits = ActionLog(policy), []
+    log, logits = ActionRecorder(policy), []
     hook = model.head.register_forward_hook(lambda m, i, out: logits.append(out[:, -1]))
     t0 = time.perf_counter()
     result = rollout(tasks.env_fns("eval"), log, episodes=trials, seed=0, progress=False)

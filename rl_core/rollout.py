@@ -189,6 +189,24 @@ def _info_at(info: Mapping[str, Any], i: int) -> dict[str, Any]:
     return out
 
 
+class ActionRecorder:
+    """A pass-through policy that keeps every batch of actions it returned, (steps, envs): for
+    checks that compare what a policy did with what another would have done."""
+
+    def __init__(self, policy: Any) -> None:
+        self.policy, self.actions = policy, []
+
+    def reset(self, n_envs: int) -> None:
+        self.policy.reset(n_envs)
+
+    def act(self, obs: np.ndarray) -> np.ndarray:
+        self.actions.append(np.asarray(self.policy.act(obs)))
+        return self.actions[-1]
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
+        self.policy.observe(actions, rewards, dones)
+
+
 class RandomPolicy:
     """Uniformly random actions from an action space: the baseline every learner must beat."""
 

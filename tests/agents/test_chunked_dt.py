@@ -30,7 +30,7 @@ from agents.icl import evaluate_in_context
 from envs.darkroom import DarkRoomEnv, DarkRoomTasks
 from rl_core.chunking import ensemble_weights
 from rl_core.data import EpisodeStore
-from rl_core.rollout import RandomPolicy, rollout
+from rl_core.rollout import ActionRecorder, RandomPolicy, rollout
 from rl_core.train import Trainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -103,24 +103,6 @@ def test_chunk_size_one_logits_and_loss_equal_dt(tmp_path: Path, reward_token: b
     assert metrics["accuracy"] == want_metrics["accuracy"] == metrics["chunk_accuracy"]
 
 
-class ActionLog:
-    """Wraps a policy in the rollout loop and keeps the actions it took (steps, envs)."""
-
-    def __init__(self, policy) -> None:
-        self.policy, self.actions = policy, []
-
-    def reset(self, n_envs: int) -> None:
-        self.policy.reset(n_envs)
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        action = self.policy.act(obs)
-        self.actions.append(action)
-        return action
-
-    def observe(self, actions, rewards, dones) -> None:
-        self.policy.observe(actions, rewards, dones)
-
-
 @pytest.mark.parametrize("execution", ["open_loop", "replan", "ensemble"])
 @torch.no_grad()
 def test_chunk_size_one_policy_acts_as_dt(execution: str) -> None:
@@ -134,7 +116,7 @@ def test_chunk_size_one_policy_acts_as_dt(execution: str) -> None:
     ]
     runs = []
     for policy in policies:
-        log = ActionLog(policy)
+        log = ActionRecorder(policy)
         result = rollout(tasks.env_fns("eval")[:6], log, episodes=3, seed=0, progress=False)
         runs.append((np.stack(log.actions), result.returns))
     assert len(np.unique(runs[0][0])) > 2  # sampled, not one action throughout
@@ -199,7 +181,7 @@ def test_loss_ignores_padded_slots(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- execution
 
 
-class QueryLog(ActionLog):
+class QueryLog(ActionRecorder):
     """Also keeps, per step, which envs used a new chunk and the chunk distributions made."""
 
     def __init__(self, policy: ChunkedDTPolicy) -> None:
