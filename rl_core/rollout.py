@@ -172,6 +172,96 @@ def rollout(
     return RolloutResult(returns=returns, lengths=lengths, steps=steps, infos=infos)
 
 
+def _step_buffer() -> dict[str, list]:
+    return {k: [] for k in ("obs", "action", "reward", "terminated", "truncated", "next_obs")}
+
+
+class StepCollector:
+    """The rollout loop for online agents: step persistent envs `steps` at a time, across calls.
+
+    Why not :func:`rollout`: online agents collect a fixed number of steps per epoch (Δ-IRIS: 200)
+    while episodes run longer (an Atari game lasts thousands of steps), so the envs, the unfinished
+    episodes and the policy's recurrent state must survive between calls. Finished episodes are
+    written to `record_to` (with `next_obs`) at the end of each call; unfinished ones wait in RAM
+    (an interrupted run loses only those). Returns of episodes finished in a call are returned.
+    """
+
+    def __init__(
+        self,
+        env_fns: Sequence[Callable[[], gym.Env]],
+        *,
+        record_to: Any,
+        metadata: Mapping[str, Any] | None = None,
+        seed: int | None = None,
+        vectorization: str = "sync",
+    ) -> None:
+        vector_cls = {"sync": gym.vector.SyncVectorEnv, "async": gym.vector.AsyncVectorEnv}
+        if vectorization not in vector_cls:
+            raise ValueError(
+                f"vectorization={vectorization!r}: expected one of {sorted(vector_cls)}"
+            )
+        self.n = len(env_fns)
+        self.envs = vector_cls[vectorization](
+            list(env_fns), autoreset_mode=gym.vector.AutoresetMode.DISABLED
+        )
+        self.store = record_to
+        self.metadata = dict(metadata or {})
+        self.seed = seed
+        self.obs: np.ndarray | None = None
+        self.policy: Any = None
+        self.total_steps = 0
+        self.episodes_done = 0
+        self._buffers: list[dict[str, list]] = []
+        self._returns = np.zeros(self.n)
+
+    def collect(self, policy: Policy, steps: int) -> list[float]:
+        """Take at least `steps` env steps in total (a multiple of the env count) with `policy`."""
+        if self.obs is None:
+            self.obs, _ = self.envs.reset(seed=self.seed)
+            self._buffers = [_step_buffer() for _ in range(self.n)]
+            self._returns[:] = 0.0
+        if policy is not self.policy:  # a new policy starts without context, mid-episode
+            self.policy = policy
+            policy.reset(self.n)
+        finished: list[tuple[dict[str, list], float]] = []
+        taken = 0
+        while taken < steps:
+            actions = np.asarray(policy.act(self.obs))
+            next_obs, rewards, terminated, truncated, _ = self.envs.step(actions)
+            dones = np.logical_or(terminated, truncated)
+            for i in range(self.n):
+                buf = self._buffers[i]
+                for key, value in (
+                    ("obs", self.obs[i]), ("action", actions[i]), ("reward", rewards[i]),
+                    ("terminated", terminated[i]), ("truncated", truncated[i]),
+                    ("next_obs", next_obs[i]),
+                ):  # fmt: skip
+                    buf[key].append(value)
+            self._returns += rewards
+            policy.observe(actions, np.asarray(rewards), dones)
+            for i in np.flatnonzero(dones):
+                finished.append((self._buffers[i], float(self._returns[i])))
+                self._buffers[i] = _step_buffer()
+                self._returns[i] = 0.0
+            if dones.any():
+                reset_obs, _ = self.envs.reset(options={"reset_mask": dones})
+                next_obs = np.where(_expand(dones, next_obs), reset_obs, next_obs)
+            self.obs = next_obs
+            taken += self.n
+        self.total_steps += taken
+        if finished:
+            with self.store.writer() as writer:
+                for buf, _ in finished:
+                    episode = {k: np.stack(v) for k, v in buf.items()}
+                    episode["reward"] = episode["reward"].astype(np.float32)
+                    writer.add(episode, {**self.metadata, "collect_index": self.episodes_done})
+                    self.episodes_done += 1
+        return [ret for _, ret in finished]
+
+    def close(self) -> None:
+        self.envs.close()
+
+
 def _expand(mask: np.ndarray, like: np.ndarray) -> np.ndarray:
     return mask.reshape(mask.shape + (1,) * (like.ndim - 1))
 
