@@ -1,5 +1,6 @@
 """Shared neural-network blocks (reused by every agent, never copied)."""
 
+from rl_core.nn.convnet import FrameDecoder, FrameEncoder
 from rl_core.nn.gpt import GPT, GPTConfig, KVCache
 from rl_core.nn.layers import (
     AdaLayerNorm,
@@ -8,6 +9,7 @@ from rl_core.nn.layers import (
     step_causal_mask,
 )
 from rl_core.nn.sampling import sample_logits
+from rl_core.nn.vq import EMACosineCodebook
 
 __all__ = [
     "GPT",
@@ -18,4 +20,7 @@ __all__ = [
     "MultiDiscreteEmbedding",
     "sample_logits",
     "step_causal_mask",
+    "EMACosineCodebook",
+    "FrameDecoder",
+    "FrameEncoder",
 ]
