@@ -18,9 +18,12 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from agents.delta_iris.imagination import DeltaIrisImagination
 from agents.delta_iris.tokenizer import Tokenizer, as_float_frames
+from agents.delta_iris.world_model import WorldModel
 
 
 def _row(metric: str, model: str, baseline: str, value_model, value_baseline) -> dict:
@@ -81,3 +84,79 @@ def tokenizer_metrics(tokenizer: Tokenizer, batch: dict[str, Tensor], seed: int 
             math.log2(tokenizer.cfg.codebook_size),
         ),
     ]
+
+
+@torch.no_grad()
+def world_model_metrics(
+    world_model: WorldModel, tokenizer: Tokenizer, batch: dict[str, Tensor]
+) -> list[dict]:
+    """Δ-token CE vs unigram entropy (nats), latent accuracy vs majority code, reward balanced
+    accuracy vs chance, over the batch's valid transitions (teacher forcing)."""
+    device = next(world_model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    mask = batch["mask"].bool()
+    if not bool(mask.any()):
+        raise ValueError("the batch has no valid transition (mask is all False)")
+    tokens = batch["tokens"] if "tokens" in batch else tokenizer.tokenize(batch)
+    out = world_model(as_float_frames(batch["frames"])[:, :-1], batch["action"], tokens)
+    labels = tokens[mask].flatten()  # (m k,)
+    logits = out["latents"][mask].flatten(0, 1).float()
+    ce = F.cross_entropy(logits, labels)
+    counts = torch.bincount(labels, minlength=logits.shape[-1])
+    accuracy = (logits.argmax(-1) == labels).float().mean()
+    reward_labels = (batch["reward"][mask].sign() + 1).long()
+    reward_pred = out["rewards"][mask].argmax(-1)
+    present = reward_labels.unique()
+    recalls = [(reward_pred[reward_labels == c] == c).float().mean() for c in present]
+    return [
+        _row("latent_ce_nats", "world_model", "unigram_entropy", ce, _entropy(counts)),
+        _row(
+            "latent_accuracy",
+            "world_model",
+            "majority_code",
+            accuracy,
+            counts.max().float() / counts.sum(),
+        ),
+        _row(
+            "reward_balanced_accuracy",
+            "world_model",
+            "chance",
+            torch.stack(recalls).mean(),
+            1.0 / len(present),
+        ),
+    ]
+
+
+@torch.no_grad()
+def imagination_metrics(
+    imagination: DeltaIrisImagination, batch: dict[str, Tensor], k_max: int = 4
+) -> list[dict]:
+    """MSE of k-step imagined frames (true actions) vs the real frames, k = 1..k_max, against
+    copying the starting frame. Segments of t transitions burn in on their first t - k_max
+    (rows with a masked transition in them are dropped); the models' own frames are fed back."""
+    frames = as_float_frames(batch["frames"])
+    actions, mask = batch["action"].long(), batch["mask"].bool()
+    t = actions.shape[1]
+    if not 1 <= k_max <= t:
+        raise ValueError(f"k_max={k_max} must be in [1, {t}] (the segment's transitions)")
+    rows = mask.all(dim=1)
+    if not bool(rows.any()):
+        raise ValueError("imagination_metrics needs segments whose transitions are all valid")
+    frames, actions = frames[rows], actions[rows]
+    start = t - k_max
+    current = imagination.reset(frames[:, : start + 1], actions[:, :start])
+    real_start = frames[:, start].to(current.device)
+    out = []
+    for k in range(1, k_max + 1):
+        current, _, _ = imagination.step(actions[:, start + k - 1])
+        real = frames[:, start + k].to(current.device)
+        out.append(
+            _row(
+                f"imagined_frame_mse_k{k}",
+                "imagination",
+                "copy_last",
+                (current - real).pow(2).mean(),
+                (real_start - real).pow(2).mean(),
+            )
+        )
+    return out

@@ -60,7 +60,8 @@ class EMACosineCodebook(nn.Module):
     ) -> tuple[Tensor, Tensor, dict[str, float]]:
         lead = z.shape[:-1]
         flat = F.normalize(z.reshape(-1, self.dim).float(), dim=-1)  # (n d)
-        codes = (flat @ self.codebook.t()).argmax(dim=-1)  # (n,) largest cosine similarity
+        with torch.autocast(z.device.type, enabled=False):  # fp32 similarities under bf16 AMP
+            codes = (flat @ self.codebook.t()).argmax(dim=-1)  # (n,) largest cosine similarity
         q = self.codebook[codes]
         counts = torch.bincount(codes, minlength=self.n_codes).float()  # (c,)
         revived = 0
@@ -85,7 +86,9 @@ class EMACosineCodebook(nn.Module):
         return self.codebook[codes]
 
     def usage_entropy_bits(self) -> float:
+        """Entropy of the EMA usage frequencies, normalised (revival resets add mass)."""
         p = self.usage[self.usage > 0]
+        p = p / p.sum()
         return float(-(p * p.log2()).sum())
 
     @torch.no_grad()
