@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -87,7 +87,7 @@ def ema_update(target: nn.Module, online: nn.Module, tau: float) -> None:
 class ActorCriticConfig:
     """CNN-LSTM sizes. Δ-IRIS/DIAMOND: conv [32, 32, 64, 64] on 64x64 frames, LSTM 512."""
 
-    channels: Sequence[int] = (16, 16, 32, 32)  # one 3x3 conv + ReLU + 2x2 max-pool each
+    channels: list[int] = field(default_factory=lambda: [16, 16, 32, 32])  # conv + ReLU + max-pool
     lstm_dim: int = 128
 
 
@@ -166,7 +166,8 @@ class ImaginationLearner(nn.Module):
         super().__init__()
         self.actor_critic = actor_critic
         self.target = copy.deepcopy(actor_critic).requires_grad_(False) if cfg.target_tau else None
-        self.env = env
+        # Not a submodule: the world model is trained, saved and put in train/eval mode by its owner.
+        self.__dict__["env"] = env
         self.cfg = cfg
 
     def parameters(self, recurse: bool = True):  # the optimiser sees the online network only
@@ -180,6 +181,8 @@ class ImaginationLearner(nn.Module):
         """Roll the policy out in the world model; tensors over (b, H) (+1 step for frames)."""
         cfg, ac = self.cfg, self.actor_critic
         b = frames.shape[0]
+        if isinstance(self.env, nn.Module):
+            self.env.eval()  # no codebook/EMA updates, no dropout while imagining
         with torch.no_grad():
             obs = self.env.reset(frames, actions)
             state = ac.burn_in(frames[:, :-1], ac.initial_state(b, frames.device))

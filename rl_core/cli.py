@@ -185,6 +185,7 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
     """
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.object_type import ObjectType
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -196,17 +197,19 @@ def check_overrides(config_name: str, overrides: list[str]) -> None:
             parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)
         except errors as e:
             raise CliError(str(e)) from None
-        top_groups = sorted(g for g in loader.list_groups("") if g != "hydra")
+        # The primary config's hydra.searchpath adds agent-scoped groups (configs/scoped/*).
+        _, repo = loader._parse_overrides_and_create_caching_repo(config_name, [])
+        top_groups = sorted(g for g in repo.get_group_options("", ObjectType.GROUP) if g != "hydra")
 
         group_lines: list[str] = []
         key_overrides = []
         for o in parsed:
-            is_group = loader.repository.group_exists(o.key_or_group)
+            is_group = repo.group_exists(o.key_or_group)
             if not is_group or isinstance(o.value(), dict):
                 key_overrides.append(o)
                 continue
             if not o.is_delete():
-                options = loader.get_group_options(o.key_or_group)
+                options = repo.get_group_options(o.key_or_group, ObjectType.CONFIG)
                 for value in _values(o):
                     for name in value if isinstance(value, list) else [value]:
                         if name not in options:

@@ -202,7 +202,7 @@ def test_step_collector_keeps_episodes_running_across_calls(tmp_path: Path) -> N
 
 def _corridor_ac(seed: int = 0) -> ActorCritic:
     torch.manual_seed(seed)
-    return ActorCritic(2, (3, 8, 8), ActorCriticConfig(channels=(8, 8), lstm_dim=32))
+    return ActorCritic(2, (3, 8, 8), ActorCriticConfig(channels=[8, 8], lstm_dim=32))
 
 
 def test_actor_critic_learns_in_an_exact_imagined_env(tmp_path: Path) -> None:

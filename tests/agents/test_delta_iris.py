@@ -1,0 +1,111 @@
+"""agents.delta_iris through its real CLI (subprocesses, tiny sizes): train, resume, eval, tables."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+TINY = [
+    "agent.tokenizer.channels=8", "agent.tokenizer.frame_cnn_channels=8",
+    "agent.tokenizer.codebook_size=32", "agent.world_model.d_model=32",
+    "agent.world_model.n_layer=1", "agent.world_model.frame_cnn_channels=8",
+    "agent.actor_critic.channels=[8,8,8,8]", "agent.actor_critic.lstm_dim=16",
+    "agent.imagination.horizon=4", "agent.imagination.burn_in=1",
+    "agent.training.tokenizer.steps_first=3", "agent.training.tokenizer.steps_per_epoch=2",
+    "agent.training.tokenizer.batch_size=4", "agent.training.tokenizer.seq_len=4",
+    "agent.training.world_model.steps_first=3", "agent.training.world_model.steps_per_epoch=2",
+    "agent.training.world_model.batch_size=4", "agent.training.world_model.seq_len=4",
+    "agent.training.actor_critic.steps_first=2", "agent.training.actor_critic.steps_per_epoch=2",
+    "agent.training.actor_critic.batch_size=4",
+    "agent.loop.collect.first_steps=150", "agent.loop.collect.steps_per_epoch=40",
+    "agent.loop.eval.every=1", "agent.loop.eval.episodes=1", "agent.loop.eval.envs=2",
+    "agent.heldout.steps=120", "agent.heldout.batch_size=8", "agent.heldout.imagined_k=2",
+    "agent.loop.progress=false",
+]  # fmt: skip
+
+
+def run_agent(cmd: str, tmp: Path, *overrides: str, timeout: int = 300, ok: bool = True):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    args = [
+        sys.executable, "-m", "agents.delta_iris", cmd,
+        f"run_dir={tmp / 'run'}", f"results_dir={tmp / 'results'}", "logger.mode=disabled",
+        *overrides,
+    ]  # fmt: skip
+    proc = subprocess.run(args, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+    if ok:
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_resume_eval_and_result_tables(tmp_path: Path) -> None:
+    run_agent("train", tmp_path, *TINY, "agent.loop.epochs=2")
+    run = tmp_path / "run"
+    assert (run / "checkpoints" / "last.pt").exists() and (run / "config.yaml").exists()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "train/step" in r]
+    for comp in ("tokenizer", "world_model", "actor_critic"):
+        assert any(f"train/{comp}/loss" in r for r in train_rows), comp
+    assert [r["eval/step"] for r in rows if "eval/step" in r] == [1, 2]
+
+    rl = read_csv(tmp_path / "results" / "delta_iris" / "imagination_rl.csv")
+    assert list(rl[0]) == ["env", "agent", "seed", "env_steps", "return"]
+    assert {r["agent"] for r in rl} == {"delta_iris", "random"}
+    steps = sorted({int(r["env_steps"]) for r in rl if r["agent"] == "delta_iris"})
+    assert steps == [150, 190]
+    held = read_csv(tmp_path / "results" / "delta_iris" / "heldout.csv")
+    assert list(held[0]) == ["env", "metric", "model", "baseline", "value_model", "value_baseline"]
+    metrics = {r["metric"] for r in held}
+    assert "next_frame_mse" in metrics and any(m.startswith("imagined") for m in metrics)
+    assert {r["env"] for r in held} == {"MiniGrid-Empty-5x5-v0@32px_pixels"}
+
+    # resume: two more epochs continue from epoch 2 (the replay store is kept)
+    proc = run_agent("train", tmp_path, *TINY, "agent.loop.epochs=4", "resume=true")
+    assert "resumed from" in proc.stdout
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["eval/step"] for r in rows if "eval/step" in r] == [1, 2, 3, 4]
+    rl = read_csv(tmp_path / "results" / "delta_iris" / "imagination_rl.csv")
+    assert sorted(int(r["env_steps"]) for r in rl if r["agent"] == "delta_iris") == [
+        150,
+        190,
+        230,
+        270,
+    ]
+
+    proc = run_agent("eval", tmp_path, *TINY, "agent.loop.epochs=4")
+    assert "epoch 4: return" in proc.stdout
+
+
+def test_bad_configs_fail_with_the_key_named(tmp_path: Path) -> None:
+    proc = run_agent("train", tmp_path, *TINY, "agent.imagination.horizon=40", ok=False)
+    assert proc.returncode != 0 and "agent.world_model.max_blocks" in proc.stderr
+    proc = run_agent("train", tmp_path, "env.obs_type=symbolic", ok=False)
+    assert proc.returncode != 0 and "env.obs_type=pixels" in proc.stderr
+    proc = run_agent("train", tmp_path, "game=Pongg", ok=False)
+    assert proc.returncode == 2 and "Did you mean 'Pong'" in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "env_overrides",
+    [
+        ["env=atari", "game=Pong", "env.image_size=32"],
+        ["env=crafter", "env.size=32", "env.area=[32,32]"],
+    ],
+    ids=["atari_pong", "crafter"],
+)
+def test_pixel_envs_run_end_to_end(tmp_path: Path, env_overrides: list[str]) -> None:
+    run_agent("train", tmp_path, *TINY, *env_overrides, "agent.loop.epochs=1",
+              "agent.loop.eval.envs=1", "agent.loop.eval.every=0", timeout=600)  # fmt: skip
+    held = read_csv(tmp_path / "results" / "delta_iris" / "heldout.csv")
+    assert held and all(r["value_model"] not in ("nan", "") for r in held)
