@@ -345,6 +345,7 @@ def test_env_configs_make_their_env(name: str) -> None:
         pytest.importorskip("procgen")
     cfg = OmegaConf.to_container(OmegaConf.load(CONFIGS / f"{name}.yaml"))
     assert cfg.pop("name") == name
+    cfg.pop("run_tag", None)  # names the run directory, not an env argument
     env = envs.make(name, **cfg)
     assert isinstance(env, gym.Env) and env.observation_space.dtype == np.uint8
     env.close()

@@ -2,5 +2,4 @@
 Δ-tokens with a context-aware tokenizer, predicts them with an autoregressive transformer whose
 blocks also hold a continuous embedding of the current frame (the I-token), and trains a
 CNN-LSTM actor-critic in its imagination; the paper, the official code and every deviation are in
-the docstring of `agents.delta_iris.agent` (the model pieces' deviations are listed in
-`DEVIATIONS.md`)."""
+the docstring of `agents.delta_iris.agent`."""

@@ -17,13 +17,32 @@ Pieces (each a module of this package, trained by the shared loop `rl_core.model
 Each epoch: collect real steps with the current policy into the replay store, train tokenizer ->
 world model -> actor-critic (own AdamW each, own start epoch and step counts), evaluate, checkpoint.
 
-Deviations from the official code (model-level ones are listed in `DEVIATIONS.md` of this folder):
-* collection, sampling and evaluation are the framework's (`StepCollector`, `SegmentSampler`
-  uniform over transitions instead of Δ-IRIS's count-based episode weights, `rollout`);
-* rewards are a 3-class sign classification on every env (the official Crafter config predicts
-  two-hot symlog buckets), and the value head is a scalar regression everywhere;
-* imagined steps after a predicted termination are masked out of the actor-critic loss;
-* the transformer uses the framework's GPT blocks (`rl_core.nn.GPT`, learned positions, no dropout);
+Deviations from the official code (vmicheli/delta-iris @2018f25):
+* loop: collection, sampling and evaluation are the framework's (`StepCollector`, `rollout`);
+  segments are uniform over stored transitions (official: episodes weighted by (1 + count)^-α);
+  imagined steps after a predicted termination are masked out of the actor-critic loss; the
+  actor-critic's value is a scalar regression everywhere (official Crafter: two-hot buckets);
+* rewards: only the 3-class sign head (official Crafter: 255-bucket two-hot symlog, expected
+  reward in imagination);
+* codebook (`rl_core.nn.EMACosineCodebook`): initialised as random unit vectors (official:
+  uniform(-1/C, 1/C)); the revival entropy uses the normalised EMA usage (official: the raw
+  frequencies, which sum above 1 after a revival); similarities in fp32 under autocast; the
+  projections around it live in the tokenizer. Kept: cosine nearest code, straight-through,
+  EMA 0.99 + re-normalisation, usage EMA 0.98, revival below log2(C) - 2 bits with batch vectors,
+  commitment 0.02;
+* tokenizer: loss, commitment and codebook updates see valid transitions only (official: the
+  codebook also sees padded ones); `tokenize` always uses the frozen codebook;
+* CNNs (`rl_core.nn.convnet`): GroupNorm with gcd(32, channels) groups, `residual: false` single
+  conv blocks as a CPU option (the CPU default); `agent.latent_side` picks the down-sampling
+  levels for the frame size (experiments give the official lists);
+* world model: the shared `rl_core.nn.GPT` (pre-LN, learned positions, no dropout, KV cache)
+  instead of the official minGPT copy; the I-token gets a Linear projection only when the CNN's
+  output width differs from d_model (never at the paper sizes); tokens come from the caller
+  (every block of a segment has its Δ-tokens; official: a last block with dummy tokens);
+* imagination: exceeding `max_blocks` is an error (official: silently empties the KV cache);
+  sampling as the official Atari env (temperature 1, frames clamped and rounded to 8 bits);
+* evaluation (`evaluation.py`, held-out metrics vs copy-last, shuffled tokens, unigram entropy,
+  majority code, chance) is not in the official code (it logs losses and reconstructions);
 * the defaults are CPU-sized (configs/agent/delta_iris.yaml); `experiment=atari100k` and
   `experiment=crafter` hold the paper's sizes and schedules.
 
@@ -38,6 +57,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -143,19 +163,40 @@ class Models:
     learner: ImaginationLearner
 
 
+def fit_down(mult: list[int], image_size: int, latent_side: int, where: str) -> list[int]:
+    """Which CNN levels halve the resolution so `image_size` frames give a `latent_side` grid:
+    the first log2(image_size / latent_side) levels (32 -> 8: [1, 1, 0]; 64 -> 8: [1, 1, 1])."""
+    halvings = math.log2(image_size / latent_side) if image_size >= latent_side else -1.0
+    if halvings != int(halvings) or halvings < 0:
+        raise ConfigError(
+            f"agent.latent_side={latent_side} does not divide {image_size}x{image_size} frames "
+            "into a power-of-two grid: set agent.latent_side or the env's image size"
+        )
+    if int(halvings) > len(mult):
+        raise ConfigError(
+            f"{where} has {len(mult)} levels, too few to go from {image_size} to {latent_side} "
+            f"pixels ({int(halvings)} halvings): add levels or raise agent.latent_side"
+        )
+    return [1] * int(halvings) + [0] * (len(mult) - int(halvings))
+
+
 def build(cfg: DictConfig, num_actions: int, image_shape: tuple[int, int, int]) -> Models:
     """Every module, sized from `cfg.agent` and the env (frame size, number of actions)."""
     a = cfg.agent
     c, h, _ = image_shape
     env_fields = {"num_actions": num_actions, "image_channels": c, "image_size": h}
-    tok_cfg = to_dataclass({**OmegaConf.to_container(a.tokenizer), **env_fields}, TokenizerConfig,
-                           "agent.tokenizer")  # fmt: skip
+    tok_plain = OmegaConf.to_container(a.tokenizer, resolve=True)
+    wm_plain = OmegaConf.to_container(a.world_model, resolve=True)
+    side = a.get("latent_side")
+    if side is not None:  # the same 8x8 latent grid for 32x32 (MiniGrid) and 64x64 (Atari) frames
+        tok_plain["down"] = fit_down(tok_plain["mult"], h, int(side), "agent.tokenizer.mult")
+        wm_plain["down"] = fit_down(wm_plain["mult"], h, int(side), "agent.world_model.mult")
+    tok_cfg = to_dataclass({**tok_plain, **env_fields}, TokenizerConfig, "agent.tokenizer")
     wm_fields = {
         "num_actions": num_actions, "image_channels": c, "image_size": h,
         "num_tokens": tok_cfg.num_tokens, "codebook_size": tok_cfg.codebook_size,
     }  # fmt: skip
-    wm_cfg = to_dataclass({**OmegaConf.to_container(a.world_model), **wm_fields}, WorldModelConfig,
-                          "agent.world_model")  # fmt: skip
+    wm_cfg = to_dataclass({**wm_plain, **wm_fields}, WorldModelConfig, "agent.world_model")
     ac_cfg = to_dataclass(a.actor_critic, ActorCriticConfig, "agent.actor_critic")
     im_cfg = to_dataclass(a.imagination, ImaginationConfig, "agent.imagination")
     if im_cfg.burn_in + im_cfg.horizon > wm_cfg.max_blocks:
