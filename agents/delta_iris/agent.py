@@ -325,7 +325,40 @@ def write_rl_rows(cfg: DictConfig, history: list[dict[str, float]]) -> Path:
     path = Path(cfg.results_dir) / "delta_iris" / "imagination_rl.csv"
     upsert_rows(path, RL_COLUMNS, rows, key=("env", "agent", "seed", "env_steps"),
                 sort_key=lambda r: (r["env"], r["agent"], int(r["seed"]), int(r["env_steps"])))  # fmt: skip
+    plot_rl(path, path.with_suffix(".png"))
     return path
+
+
+def plot_rl(csv_path: Path, png_path: Path) -> Path:
+    """Return vs env steps per env (one panel each) and agent: mean over seeds, min-max band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from rl_core.tables import read_rows
+
+    rows = read_rows(csv_path, RL_COLUMNS)
+    envs_ = sorted({r["env"] for r in rows})
+    fig = Figure(figsize=(5.0 * len(envs_), 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, env in zip(fig.subplots(1, len(envs_), squeeze=False)[0], envs_, strict=True):
+        for agent in sorted({r["agent"] for r in rows if r["env"] == env}):
+            by_step: dict[int, list[float]] = {}
+            for r in rows:
+                if r["env"] == env and r["agent"] == agent:
+                    by_step.setdefault(int(r["env_steps"]), []).append(float(r["return"]))
+            x = np.array(sorted(by_step))
+            ys = [np.array(by_step[k]) for k in x]
+            mean = np.array([y.mean() for y in ys])
+            n = max(len(y) for y in ys)
+            ax.plot(x, mean, marker="o", label=f"{agent} (n={n})")
+            ax.fill_between(x, [y.min() for y in ys], [y.max() for y in ys], alpha=0.2)
+        ax.set_title(env)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("eval return")
+        ax.legend()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=120)
+    return png_path
 
 
 def heldout_rows(cfg: DictConfig, loop: ModelBasedLoop, models: Models) -> list[dict[str, Any]]:

@@ -64,6 +64,7 @@ def test_train_resume_eval_and_result_tables(tmp_path: Path) -> None:
     assert {r["agent"] for r in rl} == {"delta_iris", "random"}
     steps = sorted({int(r["env_steps"]) for r in rl if r["agent"] == "delta_iris"})
     assert steps == [150, 190]
+    assert (tmp_path / "results" / "delta_iris" / "imagination_rl.png").stat().st_size > 0
     held = read_csv(tmp_path / "results" / "delta_iris" / "heldout.csv")
     assert list(held[0]) == ["env", "metric", "model", "baseline", "value_model", "value_baseline"]
     metrics = {r["metric"] for r in held}
@@ -109,3 +110,31 @@ def test_pixel_envs_run_end_to_end(tmp_path: Path, env_overrides: list[str]) -> 
               "agent.loop.eval.envs=1", "agent.loop.eval.every=0", timeout=600)  # fmt: skip
     held = read_csv(tmp_path / "results" / "delta_iris" / "heldout.csv")
     assert held and all(r["value_model"] not in ("nan", "") for r in held)
+
+
+@pytest.mark.parametrize("experiment", ["atari100k", "crafter"])
+def test_paper_experiments_build_the_official_sizes(experiment: str) -> None:
+    """experiment=atari100k|crafter compose and build models of the official parameter counts
+    (vmicheli/delta-iris, measured in reference world_models.md §1.1: WM 3.58 M Atari, 11.8 M
+    Crafter; tokenizer 4.13 M Atari with the full 18-action set)."""
+    from hydra import compose, initialize_config_module
+
+    from agents.delta_iris.agent import build
+
+    overrides = [f"experiment={experiment}"]
+    overrides += ["env=atari", "game=Breakout"] if experiment == "atari100k" else []
+    with initialize_config_module("configs", version_base="1.3"):
+        cfg = compose("delta_iris", overrides=overrides)
+    assert cfg.env.name == ("atari" if experiment == "atari100k" else "crafter")
+    models = build(
+        cfg, num_actions=18 if experiment == "atari100k" else 17, image_shape=(3, 64, 64)
+    )
+    millions = {
+        name: sum(p.numel() for p in getattr(models, name).parameters()) / 1e6
+        for name in ("tokenizer", "world_model")
+    }
+    expected_wm = 3.58 if experiment == "atari100k" else 11.8
+    assert abs(millions["world_model"] - expected_wm) / expected_wm < 0.03, millions
+    if experiment == "atari100k":
+        assert abs(millions["tokenizer"] - 4.13) / 4.13 < 0.03, millions
+    assert models.learner.cfg.horizon == (20 if experiment == "atari100k" else 15)
