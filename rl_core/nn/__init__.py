@@ -1,6 +1,20 @@
 """Shared neural-network blocks (reused by every agent, never copied)."""
 
 from rl_core.nn.convnet import FrameDecoder, FrameEncoder
+from rl_core.nn.edm import (
+    EDMConfig,
+    EDMSamplerConfig,
+    FourierFeatures,
+    add_noise,
+    edm_loss,
+    edm_sample,
+    edm_target,
+    euler_sample,
+    heun_sample,
+    karras_sigmas,
+    precondition,
+    sample_sigma_train,
+)
 from rl_core.nn.gpt import GPT, GPTConfig, KVCache
 from rl_core.nn.layers import (
     AdaLayerNorm,
@@ -23,4 +37,16 @@ __all__ = [
     "EMACosineCodebook",
     "FrameDecoder",
     "FrameEncoder",
+    "EDMConfig",
+    "EDMSamplerConfig",
+    "FourierFeatures",
+    "add_noise",
+    "edm_loss",
+    "edm_sample",
+    "edm_target",
+    "euler_sample",
+    "heun_sample",
+    "karras_sigmas",
+    "precondition",
+    "sample_sigma_train",
 ]
