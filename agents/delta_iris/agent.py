@@ -302,11 +302,12 @@ def random_returns(cfg: DictConfig, epoch: int) -> float:
     """The random policy's mean return, evaluated like the agent (same envs and episode count)."""
     e = cfg.agent.loop.eval
     n = int(e.envs)
+    draw = 1_000 * int(cfg.seed) + epoch  # distinct across runs' seeds and epochs
     result = rollout(
         env_fns(cfg.env, n, evaluation=True),
-        RandomPolicy(gym.spaces.Discrete(env_spaces(cfg.env)[0]), seed=int(cfg.seed) + epoch),
+        RandomPolicy(gym.spaces.Discrete(env_spaces(cfg.env)[0]), seed=draw),
         episodes=int(e.episodes),
-        seed=int(cfg.seed) + 20_000 + epoch,
+        seed=20_000_000 + draw,
         vectorization=vectorization(cfg.env.name),
         progress=False,
     )
