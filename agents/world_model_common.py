@@ -1,0 +1,182 @@
+"""What every world-model agent (Δ-IRIS, DIAMOND) shares around the loop: pixel envs from the
+config, replay batches as tensors, held-out data, and the result tables with their plot.
+
+The loop itself (collect, train components, imagine, evaluate, checkpoint) is
+`rl_core.model_based`; this module holds the agent-side conventions that must be identical across
+world-model agents so their tables can sit side by side: the env label, the Atari evaluation
+protocol (no life-loss terminal), the random baseline and the held-out episodes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+import torch
+from omegaconf import DictConfig
+
+import envs
+from envs.vector import vectorization
+from rl_core.actor_critic import frames_to_tensor
+from rl_core.config import ConfigError
+from rl_core.data import EpisodeStore
+from rl_core.rollout import RandomPolicy, StepCollector, rollout
+from rl_core.tables import read_rows, upsert_rows
+
+HELDOUT_COLUMNS = ("env", "metric", "model", "baseline", "value_model", "value_baseline")
+RL_COLUMNS = ("env", "agent", "seed", "env_steps", "return")
+
+
+def env_kwargs(env_cfg: DictConfig | dict, *, evaluation: bool = False) -> dict[str, Any]:
+    kwargs = {k: v for k, v in dict(env_cfg).items() if k not in ("name", "run_tag")}
+    if evaluation and "life_loss_terminal" in kwargs:
+        kwargs["life_loss_terminal"] = False  # Atari 100k: life loss ends episodes in training only
+    return kwargs
+
+
+def env_fns(env_cfg: DictConfig | dict, n: int, *, evaluation: bool = False) -> list[Callable]:
+    return [
+        functools.partial(envs.make, env_cfg["name"], **env_kwargs(env_cfg, evaluation=evaluation))
+    ] * n
+
+
+def env_label(env_cfg: DictConfig | dict) -> str:
+    """Row label in the result tables: `atari/Pong`, `MiniGrid-Empty-5x5-v0@32px`, `crafter`."""
+    name = env_cfg["name"]
+    if name == "atari":
+        return f"atari/{env_cfg['game']}"
+    if name == "minigrid":
+        return f"{env_cfg['env_id']}@{env_cfg['image_size']}px_{env_cfg['obs_type']}"
+    if name == "procgen":
+        return f"procgen/{env_cfg.get('env_name', '?')}"
+    return str(name)
+
+
+def env_spaces(env_cfg: DictConfig | dict) -> tuple[int, tuple[int, int, int]]:
+    """(number of actions, frame shape (c, h, w)); pixel envs with discrete actions only."""
+    if env_cfg.get("obs_type", "pixels") != "pixels":
+        raise ConfigError(
+            f"env '{env_cfg['name']}' has env.obs_type={env_cfg['obs_type']}: Δ-IRIS models "
+            "pixels, use env.obs_type=pixels"
+        )
+    env = envs.make(env_cfg["name"], **env_kwargs(env_cfg))
+    try:
+        space, obs = env.action_space, env.observation_space
+    finally:
+        env.close()
+    if not isinstance(space, gym.spaces.Discrete):
+        raise ConfigError(f"env '{env_cfg['name']}': Δ-IRIS needs discrete actions, got {space}")
+    if len(obs.shape) != 3 or obs.dtype != np.uint8 or obs.shape[0] != obs.shape[1]:
+        raise ConfigError(
+            f"env '{env_cfg['name']}': Δ-IRIS needs square uint8 RGB frames (h, w, c), got "
+            f"{obs.shape} {obs.dtype} (MiniGrid: env.obs_type=pixels)"
+        )
+    h, w, c = obs.shape
+    return int(space.n), (c, h, w)
+
+
+def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    """A SegmentSampler batch as tensors: frames float (b, t+1, c, h, w) in [0, 1]."""
+    out = {"frames": frames_to_tensor(batch["frames"], device)}
+    for key, dtype in (("action", torch.long), ("reward", torch.float32), ("end", torch.bool),
+                       ("mask", torch.bool)):  # fmt: skip
+        if key in batch:
+            out[key] = torch.as_tensor(batch[key]).to(device=device, dtype=dtype)
+    return out
+
+
+def random_returns(cfg: DictConfig, epoch: int) -> float:
+    """The random policy's mean return, evaluated like the agent (same envs and episode count)."""
+    e = cfg.agent.loop.eval
+    n = int(e.envs)
+    draw = 1_000 * int(cfg.seed) + epoch  # distinct across runs' seeds and epochs
+    result = rollout(
+        env_fns(cfg.env, n, evaluation=True),
+        RandomPolicy(gym.spaces.Discrete(env_spaces(cfg.env)[0]), seed=draw),
+        episodes=int(e.episodes),
+        seed=20_000_000 + draw,
+        vectorization=vectorization(cfg.env.name),
+        progress=False,
+    )
+    return float(result.returns.mean())
+
+
+def write_rl_rows(cfg: DictConfig, agent: str, history: list[dict[str, float]]) -> Path:
+    """`results/<agent>/imagination_rl.csv` rows of this run (its eval curve and the random
+    policy at the same points) and the plot next to it."""
+    label = env_label(cfg.env)
+    rows = []
+    for h in history:
+        steps = int(h["env_steps"])
+        rows.append({"env": label, "agent": agent, "seed": cfg.seed, "env_steps": steps,
+                     "return": f"{h['return']:.4f}"})  # fmt: skip
+        rows.append({"env": label, "agent": "random", "seed": cfg.seed, "env_steps": steps,
+                     "return": f"{random_returns(cfg, int(h['epoch'])):.4f}"})  # fmt: skip
+    path = Path(cfg.results_dir) / agent / "imagination_rl.csv"
+    upsert_rows(path, RL_COLUMNS, rows, key=("env", "agent", "seed", "env_steps"),
+                sort_key=lambda r: (r["env"], r["agent"], int(r["seed"]), int(r["env_steps"])))  # fmt: skip
+    plot_rl(path, path.with_suffix(".png"))
+    return path
+
+
+def plot_rl(csv_path: Path, png_path: Path) -> Path:
+    """Return vs env steps per env (one panel each) and agent: mean over seeds, min-max band."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    rows = read_rows(csv_path, RL_COLUMNS)
+    envs_ = sorted({r["env"] for r in rows})
+    fig = Figure(figsize=(5.0 * len(envs_), 3.4), layout="constrained")
+    FigureCanvasAgg(fig)
+    for ax, env in zip(fig.subplots(1, len(envs_), squeeze=False)[0], envs_, strict=True):
+        for agent in sorted({r["agent"] for r in rows if r["env"] == env}):
+            by_step: dict[int, list[float]] = {}
+            for r in rows:
+                if r["env"] == env and r["agent"] == agent:
+                    by_step.setdefault(int(r["env_steps"]), []).append(float(r["return"]))
+            x = np.array(sorted(by_step))
+            ys = [np.array(by_step[k]) for k in x]
+            mean = np.array([y.mean() for y in ys])
+            n = max(len(y) for y in ys)
+            ax.plot(x, mean, marker="o", label=f"{agent} (n={n})")
+            ax.fill_between(x, [y.min() for y in ys], [y.max() for y in ys], alpha=0.2)
+        ax.set_title(env)
+        ax.set_xlabel("environment steps")
+        ax.set_ylabel("eval return")
+        ax.legend()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png_path, dpi=120)
+    return png_path
+
+
+def heldout_store(cfg: DictConfig, action_space: gym.Space) -> EpisodeStore:
+    """`cfg.agent.heldout.steps` random-policy steps in `run_dir/heldout`, from seeds the training
+    run never uses (collected once, reused by `eval`)."""
+    steps = int(cfg.agent.heldout.steps)
+    store = EpisodeStore(Path(cfg.run_dir) / "heldout", create=True)
+    if store.num_steps < steps:
+        collector = StepCollector(
+            env_fns(cfg.env, 1), record_to=store, seed=int(cfg.seed) + 1_000_003,
+            vectorization=vectorization(cfg.env.name),
+        )  # fmt: skip
+        policy = RandomPolicy(action_space, seed=int(cfg.seed) + 7)
+        while store.num_steps < steps:
+            collector.collect(policy, steps)
+        collector.close()
+    return store
+
+
+def write_heldout_rows(cfg: DictConfig, agent: str, rows: list[dict[str, Any]]) -> Path:
+    """`results/<agent>/heldout.csv` rows (model vs baseline per metric) of this env."""
+    label = env_label(cfg.env)
+    out = [{"env": label, **{k: r[k] for k in HELDOUT_COLUMNS[1:4]},
+            "value_model": f"{r['value_model']:.6g}", "value_baseline": f"{r['value_baseline']:.6g}"}
+           for r in rows]  # fmt: skip
+    path = Path(cfg.results_dir) / agent / "heldout.csv"
+    upsert_rows(path, HELDOUT_COLUMNS, out, key=("env", "metric", "model", "baseline"),
+                sort_key=lambda r: (r["env"], r["metric"], r["model"], r["baseline"]))  # fmt: skip
+    return path
