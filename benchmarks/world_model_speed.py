@@ -1,0 +1,616 @@
+"""Δ-IRIS speed: training steps/s of each component and imagined env-steps/s, KV cache vs none.
+
+One row per (size, device, torch.compile on/off, bf16 on/off), every figure measured on random
+synthetic data (uint8 noise frames, random actions, rewards and terminations: speed does not
+depend on content) with models built by `agents.delta_iris.agent.build` from the config files:
+
+- `small`: configs/agent/delta_iris.yaml (the CPU defaults, MiniGrid 32x32 RGB, 3 actions);
+- `paper`: configs/scoped/delta_iris/experiment/atari100k.yaml (64x64 RGB, 6 actions = Pong).
+
+Per row:
+- training steps/s of the tokenizer, the world model (its batch includes the frozen tokenizer's
+  Δ-tokens, as in the agent's loop) and the actor-critic in imagination
+  (`ImaginationLearner.compute_loss` + backward + AdamW), each through
+  `rl_core.model_based.train_component` at the config's batch size and sequence length;
+- imagined env-steps/s: `DeltaIrisImagination.reset` (burn-in) then `step()` `horizon` times
+  under no_grad at the actor-critic's batch size b, (b * horizon) / seconds; next to it the same
+  imagination without the KV cache (`NaiveImagination` below: the whole block sequence goes
+  through the transformer again for every new token), and their ratio. Sanity check: fed the
+  same actions and the cached path's sampled Δ-tokens, both give the same token logits; the max
+  |difference| on the first imagined step (and over all `horizon` steps) is printed and stored.
+
+compile: `Module.compile()` (torch.compile, mode default) on the modules doing the tensor work,
+in place, so the agent's own code paths call them: the tokenizer's encoder, frame CNN and
+decoder, the world model's I-token CNN and transformer, the actor-critic and its EMA target (the
+VQ codebook, heads and losses stay eager); the frame CNNs with `dynamic=False` (see
+`make_models`). bf16: `torch.autocast("cuda", bfloat16)` around every
+training step and imagined rollout, CUDA only ("n/a" on CPU). Warm-up steps (compilation) are
+timed separately and excluded. A failure (e.g. torch.compile without a working compiler) is
+stored as the row's error string for that measurement instead of stopping the run.
+
+    python benchmarks/world_model_speed.py --threads 1      # small, compile off/on (~4 CPU min)
+    python benchmarks/world_model_speed.py --size both --device cuda --steps 50   # + bf16 off/on
+    python benchmarks/world_model_speed.py --size paper --compile off --steps 1 --parts imagination
+
+The paper sizes on CPU are slow (one 1-thread imagined rollout of 64 x 20 steps takes ~2 min, a
+world-model training step longer): time few steps there, or only some `--parts`. Default steps:
+10 timed steps (or rollouts) per measurement, 2 for paper on CPU; warm-up: 1 step, 2 compiled.
+
+Rows are merged into `--out` (results/bench/world_model_speed.json by default): rows of the
+same (size, device, compile, bf16) are replaced, other rows (another device) are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable as a script from a checkout without installing
+
+import torch  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from torch import Tensor  # noqa: E402
+
+from agents.delta_iris.agent import COMPONENTS, Models, build, to_torch  # noqa: E402
+from agents.delta_iris.tokenizer import Tokenizer, as_float_frames  # noqa: E402
+from agents.delta_iris.world_model import WorldModel  # noqa: E402
+from rl_core.config import to_dataclass  # noqa: E402
+from rl_core.model_based import Component, ComponentSchedule, train_component  # noqa: E402
+from rl_core.nn.sampling import sample_logits  # noqa: E402
+
+TINY = {  # for tests/test_world_model_speed_bench.py: seconds, not minutes
+    "tokenizer": {"channels": 8, "latent_dim": 8, "token_dim": 8, "codebook_size": 16,
+                  "frame_channels": 4, "frame_cnn_channels": 8},
+    "world_model": {"d_model": 32, "n_layer": 1, "n_head": 2, "max_blocks": 8,
+                    "frame_cnn_channels": 8},
+    "actor_critic": {"channels": [8, 8], "lstm_dim": 32},
+    "imagination": {"horizon": 3, "burn_in": 2},
+    "training": {"tokenizer": {"batch_size": 4, "seq_len": 3},
+                 "world_model": {"batch_size": 4, "seq_len": 3},
+                 "actor_critic": {"batch_size": 4}},
+}  # fmt: skip
+SIZES = {  # overlay on configs/agent/delta_iris.yaml (a file's `agent:` or a dict), env spaces
+    "small": {"overlay": None, "num_actions": 3, "image_shape": (3, 32, 32)},
+    "paper": {
+        "overlay": "configs/scoped/delta_iris/experiment/atari100k.yaml",
+        "num_actions": 6,
+        "image_shape": (3, 64, 64),
+    },
+    "tiny": {"overlay": TINY, "num_actions": 3, "image_shape": (3, 16, 16)},
+}
+METRICS = (
+    "tokenizer_steps_per_s",
+    "world_model_steps_per_s",
+    "actor_critic_steps_per_s",
+    "imagined_env_steps_per_s",
+    "imagined_env_steps_per_s_naive",
+)
+PARTS = ("tokenizer", "world_model", "actor_critic", "imagination")
+LOGIT_TOL = 1e-3  # fp32 rows: cached and re-encoded logits must agree to this
+
+
+# ----------------------------------------------------------------------------- the baseline
+
+
+class NaiveImagination:
+    """`DeltaIrisImagination` without a KV cache: every new token re-runs the transformer over
+    the whole block sequence (burn-in + imagined so far). Same embeddings, heads, sampling order
+    and decoder as the cached path; `step(action, tokens=...)` can force the Δ-tokens (for the
+    logit check). `last_logits` holds the step's Δ-token logits (b k v)."""
+
+    def __init__(self, tokenizer: Tokenizer, world_model: WorldModel) -> None:
+        self.tokenizer, self.world_model = tokenizer, world_model
+        self.temperature = 1.0
+        self.frame: Tensor | None = None
+        self.seq: Tensor | None = None  # token embeddings so far (b n d)
+        self.last_logits: Tensor | None = None
+
+    @torch.no_grad()
+    def reset(self, frames: Tensor, actions: Tensor) -> Tensor:
+        wm = self.world_model
+        device = next(wm.parameters()).device
+        frames = as_float_frames(frames.to(device))
+        actions = actions.to(device).long()
+        b, t = actions.shape
+        if t > 0:
+            tokens = self.tokenizer.tokenize({"frames": frames, "action": actions})
+            self.seq = wm.sequence(frames[:, :-1], actions, tokens)
+        else:
+            self.seq = frames.new_zeros(b, 0, wm.cfg.d_model)
+        self.frame = frames[:, -1]
+        return self.frame
+
+    def _last(self) -> Tensor:
+        """Transformer output at the last position, recomputed over the whole sequence."""
+        return self.world_model.transformer(self.seq)[:, -1]
+
+    @torch.no_grad()
+    def step(self, action: Tensor, tokens: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        wm, temp = self.world_model, self.temperature
+        action = action.to(self.frame.device).long()
+        x = wm.embed_frames(self.frame)[:, None]
+        a = wm.action_emb(action)[:, None]
+        self.seq = torch.cat([self.seq, x.to(self.seq.dtype), a.to(self.seq.dtype)], dim=1)
+        h = self._last()
+        reward = sample_logits(wm.head_rewards(h), temp).float() - 1.0
+        end = sample_logits(wm.head_ends(h), temp).bool()
+        logits, sampled = [], []
+        for i in range(wm.cfg.num_tokens):
+            if i > 0:
+                z = wm.latent_emb(sampled[-1])[:, None]
+                self.seq = torch.cat([self.seq, z.to(self.seq.dtype)], dim=1)
+                h = self._last()
+            logits.append(wm.head_latents(h))
+            sampled.append(sample_logits(logits[-1], temp) if tokens is None else tokens[:, i])
+        z = wm.latent_emb(sampled[-1])[:, None]  # fed with the next step's [I, a]
+        self.seq = torch.cat([self.seq, z.to(self.seq.dtype)], dim=1)
+        self.last_logits = torch.stack(logits, dim=1)
+        q = self.tokenizer.embed(torch.stack(sampled, dim=1))
+        nxt = self.tokenizer.decode(self.frame, action, q)
+        self.frame = nxt.clamp(0.0, 1.0).mul(255.0).round().div(255.0)
+        return self.frame, reward, end
+
+
+# ----------------------------------------------------------------------------- setup
+
+
+def load_config(size: str) -> DictConfig:
+    """{"agent": ...} as Hydra would compose it for this size (agent defaults + experiment)."""
+    agent = OmegaConf.load(ROOT / "configs/agent/delta_iris.yaml")
+    overlay = SIZES[size]["overlay"]
+    if isinstance(overlay, str):
+        agent = OmegaConf.merge(agent, OmegaConf.load(ROOT / overlay).agent)
+    elif overlay is not None:
+        agent = OmegaConf.merge(agent, overlay)
+    return OmegaConf.create({"agent": agent})
+
+
+def schedules(cfg: DictConfig, bf16: bool) -> dict[str, ComponentSchedule]:
+    out = {}
+    for name in COMPONENTS:
+        s = to_dataclass(cfg.agent.training[name], ComponentSchedule, f"agent.training.{name}")
+        out[name] = dataclasses.replace(s, amp=bf16)  # train_component: bf16 autocast on CUDA
+    return out
+
+
+def make_models(
+    cfg: DictConfig,
+    size: str,
+    device: torch.device,
+    compile: bool,
+    dynamic_cnn: bool | None = False,
+) -> Models:
+    torch.manual_seed(0)
+    m = build(cfg, SIZES[size]["num_actions"], SIZES[size]["image_shape"])
+    for module in (m.tokenizer, m.world_model, m.learner):
+        module.to(device)
+    if compile:
+        # The frame CNNs see a few fixed batch shapes (each compiled once); with dynamo's
+        # automatic dynamic shapes the world model's training step fails in Inductor (torch 2.13
+        # CPU: "cannot determine truth value of Relational" in its I-token CNN). The transformer's KV cache grows by a token at
+        # a time: dynamic shapes there, the default.
+        cnns = (m.tokenizer.encoder, m.tokenizer.frame_cnn, m.tokenizer.decoder,
+                m.world_model.frame_cnn)  # fmt: skip
+        for module in cnns:
+            module.compile(dynamic=dynamic_cnn)
+        for module in (m.world_model.transformer, m.actor_critic, m.learner.target):
+            if module is not None:
+                module.compile()
+    return m
+
+
+def synthetic(size: str, b: int, t: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """A SegmentSampler-like batch: uint8 frames (b, t+1, h, w, c), actions, rewards, ends."""
+    c, h, w = SIZES[size]["image_shape"]
+    return {
+        "frames": rng.integers(0, 256, size=(b, t + 1, h, w, c), dtype=np.uint8),
+        "action": rng.integers(0, SIZES[size]["num_actions"], size=(b, t)),
+        "reward": rng.integers(-1, 2, size=(b, t)).astype(np.float32),
+        "end": rng.random((b, t)) < 0.01,
+        "mask": np.ones((b, t), dtype=bool),
+    }
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def error_string(e: BaseException) -> str:
+    """The error, short, for the row (WORLD_MODEL_SPEED_TRACEBACK=1 prints the traceback)."""
+    if os.environ.get("WORLD_MODEL_SPEED_TRACEBACK"):
+        traceback.print_exception(e)
+    msg = f"{type(e).__name__}: {e}".strip().splitlines()
+    return " | ".join(msg[:3])[:500]
+
+
+# ----------------------------------------------------------------------------- measurements
+
+
+def train_speed(
+    component: Component, steps: int, warmup: int, device: torch.device
+) -> tuple[float, float]:
+    """(steps/s over `steps` timed steps, seconds of the `warmup` steps before them)."""
+    rng = np.random.default_rng(0)
+    t0 = time.perf_counter()
+    if warmup:
+        train_component(component, warmup, rng, device)
+    sync(device)
+    t1 = time.perf_counter()
+    train_component(component, steps, rng, device)  # .item() every step: synchronised
+    sync(device)
+    return steps / (time.perf_counter() - t1), t1 - t0
+
+
+@torch.no_grad()
+def imagine(env: Any, frames: Tensor, actions: Tensor, step_actions: Tensor) -> None:
+    env.reset(frames, actions)
+    for a in step_actions:
+        env.step(a)
+
+
+def imagination_speed(
+    env: Any, context: dict[str, Tensor], step_actions: Tensor, repeats: int, warmup: int,
+    device: torch.device, autocast: Callable[[], contextlib.AbstractContextManager],
+) -> tuple[float, float]:  # fmt: skip
+    """(imagined env-steps/s over `repeats` rollouts of reset + horizon steps, warm-up seconds)."""
+    b, horizon = step_actions.shape[1], step_actions.shape[0]
+    t0 = time.perf_counter()
+    with autocast():
+        for _ in range(warmup):
+            imagine(env, context["frames"], context["action"], step_actions)
+        sync(device)
+        t1 = time.perf_counter()
+        for _ in range(repeats):
+            imagine(env, context["frames"], context["action"], step_actions)
+        sync(device)
+    return repeats * b * horizon / (time.perf_counter() - t1), t1 - t0
+
+
+@torch.no_grad()
+def logit_agreement(
+    models: Models, context: dict[str, Tensor], step_actions: Tensor,
+    autocast: Callable[[], contextlib.AbstractContextManager],
+) -> tuple[float, float]:  # fmt: skip
+    """Max |cached - naive| Δ-token logits on the first imagined step and over all steps, the
+    naive path fed the cached path's actions and sampled Δ-tokens (so both see the same frames)."""
+    wm = models.world_model
+    captured: list[Tensor] = []
+    hook = wm.head_latents.register_forward_hook(lambda m, i, out: captured.append(out.float()))
+    cached_logits, cached_tokens = [], []
+    try:
+        with autocast():
+            models.imagination.reset(context["frames"], context["action"])
+            for a in step_actions:
+                captured.clear()
+                models.imagination.step(a)
+                cached_logits.append(torch.stack(captured, dim=1))  # (b k v)
+                cached_tokens.append(models.imagination.last_tokens)
+    finally:
+        hook.remove()
+    naive = NaiveImagination(models.tokenizer, wm)
+    diffs = []
+    with autocast():
+        naive.reset(context["frames"], context["action"])
+        for a, tokens, logits in zip(step_actions, cached_tokens, cached_logits, strict=True):
+            naive.step(a, tokens=tokens)
+            diffs.append(float((naive.last_logits.float() - logits).abs().max()))
+    return diffs[0], max(diffs)
+
+
+def measure(
+    size: str,
+    device: torch.device,
+    compile: bool,
+    bf16: bool,
+    steps: int,
+    threads: int,
+    parts: tuple[str, ...] = PARTS,
+) -> dict[str, Any]:
+    """One row: every component's training speed and the imagination speeds, same models
+    (`parts`: a subset of PARTS to measure; the others stay None)."""
+    cfg = load_config(size)
+    a = cfg.agent
+    sched = schedules(cfg, bf16)
+    warmup = 2 if compile else 1
+    if compile:
+        torch._dynamo.reset()  # this row's compilation is its own warm-up
+        # one FrameEncoder.forward serves 3 modules, with and without grad, at several batch
+        # sizes: more than dynamo's default 8 compiled versions (past them it runs eagerly)
+        torch._dynamo.config.recompile_limit = 64
+    autocast = (
+        (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    )
+    horizon, burn_in = int(a.imagination.horizon), int(a.imagination.burn_in)
+    b_ac = sched["actor_critic"].batch_size
+    row: dict[str, Any] = {
+        "size": size,
+        "device": device.type,
+        "compile": compile,
+        "bf16": bf16 if device.type == "cuda" else "n/a",
+        "threads": threads,
+        "parts": list(parts),
+        "timed_steps": steps,
+        "warmup_steps": warmup,
+        "shapes": {
+            "image": list(SIZES[size]["image_shape"]),
+            "tokenizer": [sched["tokenizer"].batch_size, sched["tokenizer"].seq_len],
+            "world_model": [sched["world_model"].batch_size, sched["world_model"].seq_len],
+            "actor_critic": [b_ac, burn_in, horizon],
+            "imagination": [b_ac, burn_in, horizon],
+        },
+        **{k: None for k in METRICS},
+        "cached_vs_naive": None,
+        "logits_max_abs_diff_first_step": None,
+        "logits_max_abs_diff_all_steps": None,
+        "warmup_s": {},
+        "errors": {},
+    }
+    try:
+        models = make_models(cfg, size, device, compile)
+    except Exception as e:  # noqa: BLE001
+        row["errors"]["build"] = error_string(e)
+        return row
+    rng = np.random.default_rng(0)
+
+    def fixed(name: str, t: int) -> Callable[[int, np.random.Generator], dict[str, Tensor]]:
+        data = synthetic(size, sched[name].batch_size, t, rng)  # generated once
+
+        def sample(batch_size: int, _: np.random.Generator) -> dict[str, Tensor]:
+            batch = to_torch(data, device)  # host -> device every step, as in the loop
+            if name == "world_model":  # targets from the frozen tokenizer, as in the loop
+                batch["tokens"] = models.tokenizer.tokenize(batch)
+            return batch
+
+        return sample
+
+    context_np = synthetic(size, b_ac, burn_in, rng)
+    context = {k: v for k, v in to_torch(context_np, device).items() if k in ("frames", "action")}
+    gen = torch.Generator().manual_seed(1)
+    step_actions = torch.randint(
+        0, SIZES[size]["num_actions"], (horizon, b_ac), generator=gen
+    ).to(device)  # fmt: skip
+
+    # the check first: it also warms the imagination paths up (compilation)
+    try:
+        first, every = logit_agreement(models, context, step_actions, autocast)
+        row["logits_max_abs_diff_first_step"] = first
+        row["logits_max_abs_diff_all_steps"] = every
+    except Exception as e:  # noqa: BLE001
+        row["errors"]["logit_check"] = error_string(e)
+
+    components = {
+        "tokenizer": Component(
+            "tokenizer",
+            models.tokenizer,
+            sched["tokenizer"],
+            fixed("tokenizer", sched["tokenizer"].seq_len),
+        ),  # fmt: skip
+        "world_model": Component(
+            "world_model",
+            models.world_model,
+            sched["world_model"],
+            fixed("world_model", sched["world_model"].seq_len),
+        ),  # fmt: skip
+        "actor_critic": Component(
+            "actor_critic",
+            models.learner,
+            sched["actor_critic"],
+            fixed("actor_critic", burn_in),
+            after_step=models.learner.after_step,
+        ),  # fmt: skip
+    }
+    for name, component in components.items():
+        if name not in parts:
+            continue
+        try:
+            speed, warm = train_speed(component, steps, warmup, device)
+            row[f"{name}_steps_per_s"], row["warmup_s"][name] = speed, warm
+        except Exception as e:  # noqa: BLE001
+            row["errors"][name] = error_string(e)
+        component.optimizer = None  # free the optimiser state
+
+    for key, env in (
+        ("imagined_env_steps_per_s", models.imagination),
+        ("imagined_env_steps_per_s_naive", NaiveImagination(models.tokenizer, models.world_model)),
+    ):
+        if "imagination" not in parts:
+            break
+        try:
+            speed, warm = imagination_speed(
+                env, context, step_actions, steps, warmup, device, autocast
+            )
+            row[key], row["warmup_s"][key.replace("_steps_per_s", "")] = speed, warm
+        except Exception as e:  # noqa: BLE001
+            row["errors"][key] = error_string(e)
+    if row["imagined_env_steps_per_s"] and row["imagined_env_steps_per_s_naive"]:
+        row["cached_vs_naive"] = (
+            row["imagined_env_steps_per_s"] / row["imagined_env_steps_per_s_naive"]
+        )
+    return row
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """compile on / off (same size, device, bf16) and bf16 on / off (same size, device, compile)."""
+    out = []
+    index = {(r["size"], r["device"], r["compile"], r["bf16"]): r for r in rows}
+    for (size, device, comp, bf16), r in index.items():
+        pairs = []
+        if comp:
+            pairs.append(("compile on/off", index.get((size, device, False, bf16))))
+        if bf16 is True:
+            pairs.append(("bf16 on/off", index.get((size, device, comp, False))))
+        for what, base in pairs:
+            if base is None:
+                continue
+            vals = {
+                k: (r[k] / base[k] if r[k] and base[k] else None) for k in METRICS
+            }  # fmt: skip
+            out.append({"size": size, "device": device, "ratio": what,
+                        "compile": comp, "bf16": bf16, **vals})  # fmt: skip
+    return out
+
+
+def fmt(x: Any, width: int, digits: int = 2) -> str:
+    if x is None:  # not measured (--parts) or failed (listed under the table)
+        return f"{'-':>{width}}"
+    if isinstance(x, bool) or isinstance(x, str):
+        return f"{str(x):>{width}}"
+    return f"{x:>{width}.{digits}f}" if abs(x) < 100 else f"{x:>{width}.0f}"
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = ["size", "device", "compile", "bf16", "tok st/s", "wm st/s", "ac st/s",
+            "imag cached", "imag naive", "cached/naive", "logit diff"]  # fmt: skip
+    widths = [6, 7, 8, 6, 10, 10, 10, 12, 12, 13, 11]
+    print("".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True)))
+    for r in rows:
+        cells = [r["size"], r["device"], r["compile"], r["bf16"], r["tokenizer_steps_per_s"],
+                 r["world_model_steps_per_s"], r["actor_critic_steps_per_s"],
+                 r["imagined_env_steps_per_s"], r["imagined_env_steps_per_s_naive"],
+                 r["cached_vs_naive"]]  # fmt: skip
+        line = "".join(fmt(c, w) for c, w in zip(cells, widths, strict=False))
+        diff = r["logits_max_abs_diff_first_step"]
+        line += f"{'-':>11}" if diff is None else f"{diff:>11.1e}"
+        print(line)
+    for r in rows:
+        for what, err in r["errors"].items():
+            print(
+                f"  {r['size']}/{r['device']}/compile={r['compile']}/bf16={r['bf16']} {what}: {err}"
+            )
+    print("st/s: training steps/s; imag: imagined env-steps/s (b * horizon / s); logit diff: max "
+          "|cached - naive| Δ-token logits on the first imagined step")  # fmt: skip
+    rat = ratios(rows)
+    if rat:
+        print(f"{'ratios':40}{'tok':>8}{'wm':>8}{'ac':>8}{'imag':>8}{'naive':>8}")
+        for q in rat:
+            label = f"{q['size']}/{q['device']} {q['ratio']}"
+            label += f" (bf16 {q['bf16']})" if q["ratio"].startswith("compile") else ""
+            print(f"{label:40}" + "".join(fmt(q[k], 8) for k in METRICS))
+
+
+def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
+    info = {
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "threads": threads,
+        "device": device.type,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+    }
+    return info
+
+
+def write(out: Path, rows: list[dict[str, Any]], info: dict[str, Any], command: str) -> None:
+    """Merge `rows` into `out`: same (size, device, compile, bf16) replaced, others kept."""
+    key = lambda r: (r["size"], r["device"], r["compile"], str(r["bf16"]))  # noqa: E731
+    old = json.loads(out.read_text()) if out.exists() else {}
+    new_keys = {key(r) for r in rows}
+    kept = [r for r in old.get("rows", []) if key(r) not in new_keys]
+    machines = dict(old.get("machines", {}))
+    machines[info["device"]] = info
+    for r in rows:
+        r["command"] = command
+    merged = sorted(kept + rows, key=lambda r: (r["size"] != "small", r["device"], r["compile"],
+                                                str(r["bf16"])))  # fmt: skip
+    data = {
+        "what": __doc__.split("\n")[0],
+        "units": {
+            "*_steps_per_s": "training steps/s (one AdamW step on one batch)",
+            "imagined_env_steps_per_s*": "batch * horizon / s of reset + horizon imagined steps",
+        },
+        "machines": machines,
+        "rows": merged,
+        "ratios": ratios(merged),
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(data, indent=2, default=float) + "\n")
+
+
+def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--size", choices=("small", "paper", "both"), default="small")
+    p.add_argument("--steps", type=int, default=None,
+                   help="timed steps per measurement (default: 10; paper on CPU: 2)")  # fmt: skip
+    p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--compile", choices=("both", "on", "off"), default="both")
+    p.add_argument("--bf16", choices=("both", "on", "off"), default="both", help="CUDA only")
+    p.add_argument("--parts", default=",".join(PARTS),
+                   help=f"comma-separated subset of {','.join(PARTS)} (paper on CPU is slow)")  # fmt: skip
+    p.add_argument("--out", type=Path, default=ROOT / "results/bench/world_model_speed.json")
+    args = p.parse_args(argv)
+    parts = tuple(x.strip() for x in args.parts.split(",") if x.strip())
+    if not parts or set(parts) - set(PARTS):
+        raise SystemExit(f"--parts {args.parts!r}: choose from {','.join(PARTS)}")
+    torch.set_num_threads(args.threads)
+    with contextlib.suppress(Exception):
+        import torch._inductor.config as inductor_config
+
+        inductor_config.compile_threads = args.threads
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise SystemExit("--device cuda: CUDA is not available")
+    cuda = device.type == "cuda"
+    sizes = ["small", "paper"] if args.size == "both" else [args.size]
+    compiles = {"both": [False, True], "on": [True], "off": [False]}[args.compile]
+    bf16s = {"both": [False, True], "on": [True], "off": [False]}[args.bf16] if cuda else [False]
+    if cuda and torch.backends.cuda.matmul.allow_tf32:
+        print("note: TF32 matmuls are on")
+    info = machine_info(device, args.threads)
+    print(f"Δ-IRIS world-model speed on {info['device_name']} ({info['cpu_count']} CPUs, "
+          f"{args.threads} thread(s)), torch {info['torch']}")  # fmt: skip
+
+    rows = []
+    for size in sizes:
+        steps = args.steps or (2 if size == "paper" and not cuda else 10)
+        for comp in compiles:
+            for bf16 in bf16s:
+                t0 = time.perf_counter()
+                load_start = os.getloadavg()[0]
+                row = measure(size, device, comp, bf16, steps, args.threads, parts)
+                row["load_avg_1min"] = [load_start, os.getloadavg()[0]]
+                row["wall_s"] = time.perf_counter() - t0
+                rows.append(row)
+                print(f"  {size} compile={comp} bf16={row['bf16']}: {row['wall_s']:.0f} s",
+                      flush=True)  # fmt: skip
+    print_table(rows)
+    command = "python benchmarks/world_model_speed.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )  # fmt: skip
+    write(args.out, rows, info, command.strip())
+    print(f"wrote {args.out}")
+    bad = [r for r in rows if r["bf16"] is not True
+           and (r["logits_max_abs_diff_all_steps"] or 0.0) > LOGIT_TOL]  # fmt: skip
+    if bad:
+        raise SystemExit(
+            f"cached and naive imagination disagree (max |logit diff| > {LOGIT_TOL}): the KV-cache "
+            "path is wrong"
+        )
+    return rows
+
+
+if __name__ == "__main__":
+    main()
