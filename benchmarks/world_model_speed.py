@@ -64,9 +64,10 @@ import torch  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 from torch import Tensor  # noqa: E402
 
-from agents.delta_iris.agent import COMPONENTS, Models, build, to_torch  # noqa: E402
+from agents.delta_iris.agent import COMPONENTS, Models, build  # noqa: E402
 from agents.delta_iris.tokenizer import Tokenizer, as_float_frames  # noqa: E402
 from agents.delta_iris.world_model import WorldModel  # noqa: E402
+from agents.world_model_common import to_torch  # noqa: E402
 from rl_core.config import to_dataclass  # noqa: E402
 from rl_core.model_based import Component, ComponentSchedule, train_component  # noqa: E402
 from rl_core.nn.sampling import sample_logits  # noqa: E402
