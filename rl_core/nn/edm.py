@@ -79,7 +79,7 @@ class EDMSamplerConfig:
     sigma_min: float = 2e-3
     sigma_max: float = 5.0
     rho: float = 7.0
-    method: Method = "euler"
+    method: str = "euler"  # "euler" | "heun" (a str, not a Literal: OmegaConf-structurable)
     s_churn: float = 0.0
     s_tmin: float = 0.0
     s_tmax: float = math.inf
