@@ -10,6 +10,7 @@ protocol (no life-loss terminal), the random baseline and the held-out episodes.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,15 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 import envs
 from envs.vector import vectorization
 from rl_core.actor_critic import frames_to_tensor
-from rl_core.config import ConfigError
+from rl_core.cli import setup_run
+from rl_core.config import ConfigError, to_dataclass
 from rl_core.data import EpisodeStore
+from rl_core.logging import Logger, LoggerConfig
 from rl_core.rollout import RandomPolicy, StepCollector, rollout
 from rl_core.tables import read_rows, upsert_rows
 
@@ -83,7 +86,7 @@ def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, to
     """A SegmentSampler batch as tensors: frames float (b, t+1, c, h, w) in [0, 1]."""
     out = {"frames": frames_to_tensor(batch["frames"], device)}
     for key, dtype in (("action", torch.long), ("reward", torch.float32), ("end", torch.bool),
-                       ("mask", torch.bool)):  # fmt: skip
+                       ("mask", torch.bool), ("frame_mask", torch.bool)):  # fmt: skip
         if key in batch:
             out[key] = torch.as_tensor(batch[key]).to(device=device, dtype=dtype)
     return out
@@ -180,3 +183,62 @@ def write_heldout_rows(cfg: DictConfig, agent: str, rows: list[dict[str, Any]]) 
     upsert_rows(path, HELDOUT_COLUMNS, out, key=("env", "metric", "model", "baseline"),
                 sort_key=lambda r: (r["env"], r["metric"], r["model"], r["baseline"]))  # fmt: skip
     return path
+
+
+# ----------------------------------------------------------------------------- commands
+
+MakeLoop = Callable[[DictConfig, Path, Any], tuple[Any, Any]]
+HeldoutRows = Callable[[DictConfig, Any, Any], list[dict[str, Any]]]
+
+
+def report(
+    cfg: DictConfig, agent: str, loop: Any, models: Any, heldout_rows: HeldoutRows, logger: Any
+) -> dict[str, Any]:
+    """Write this run's rows of both tables, print the held-out metrics, log a summary."""
+    rl_path = write_rl_rows(cfg, agent, loop.history)
+    rows = heldout_rows(cfg, loop, models)
+    held_path = write_heldout_rows(cfg, agent, rows)
+    for r in rows:
+        print(f"{r['metric']:>28s} {r['model']:>12s} {r['value_model']:10.5f}   "
+              f"{r['baseline']:>16s} {r['value_baseline']:10.5f}")  # fmt: skip
+    final = loop.history[-1] if loop.history else {}
+    summary = {"final_return": final.get("return"), "env_steps": loop.env_steps,
+               "results": [str(rl_path), str(held_path)]}  # fmt: skip
+    if logger is not None:
+        logger.summary(summary)
+    return summary
+
+
+def train_command(
+    cfg: DictConfig, agent: str, make_loop: MakeLoop, heldout_rows: HeldoutRows
+) -> dict[str, Any]:
+    """`train`: run the loop in `cfg.run_dir` (resuming if asked), then write the tables."""
+    run_dir = setup_run(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    logger_cfg = to_dataclass(cfg.logger, LoggerConfig, "logger")
+    start = time.perf_counter()
+    with Logger(logger_cfg, run_dir, cfg.run_name, resolved) as logger:
+        loop, models = make_loop(cfg, run_dir, logger)
+        loop.run(resume=bool(cfg.resume))
+        summary = report(cfg, agent, loop, models, heldout_rows, logger)
+        summary["wall_s"] = time.perf_counter() - start
+        logger.summary({"wall_s": summary["wall_s"]})
+    print(f"final return {summary['final_return']} after {summary['env_steps']} env steps, "
+          f"{summary['wall_s']:.0f} s")  # fmt: skip
+    return summary
+
+
+def eval_command(
+    cfg: DictConfig, agent: str, make_loop: MakeLoop, heldout_rows: HeldoutRows
+) -> dict[str, Any]:
+    """`eval`: reload `run_dir/checkpoints/last.pt`, evaluate the policy once more, redo the
+    tables (the curve rows come from the checkpoint's history; the random rows are redrawn)."""
+    run_dir = Path(cfg.run_dir)
+    loop, models = make_loop(cfg, run_dir, None)
+    if not loop.load():
+        raise ConfigError(f"no checkpoint at {loop.ckpt_path}: train first (run_dir={run_dir})")
+    row = loop.evaluate(loop.epoch)
+    loop.history.pop()  # the table keeps the training curve
+    loop.collector.close()
+    print(f"epoch {loop.epoch}: return {row['return']:.4f} over {loop.env_steps} env steps")
+    return {**report(cfg, agent, loop, models, heldout_rows, None), "return": row["return"]}

@@ -57,7 +57,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -77,10 +76,10 @@ from agents.delta_iris.world_model import WorldModel, WorldModelConfig
 from agents.world_model_common import (
     env_fns,
     env_spaces,
+    eval_command,
     heldout_store,
     to_torch,
-    write_heldout_rows,
-    write_rl_rows,
+    train_command,
 )
 from envs.vector import vectorization
 from rl_core.actor_critic import (
@@ -89,11 +88,9 @@ from rl_core.actor_critic import (
     ImaginationConfig,
     ImaginationLearner,
 )
-from rl_core.cli import setup_run
 from rl_core.config import ConfigError, to_dataclass
 from rl_core.data import EpisodeStore
 from rl_core.data.segments import SegmentSampler
-from rl_core.logging import Logger, LoggerConfig
 from rl_core.model_based import Component, ComponentSchedule, LoopConfig, ModelBasedLoop
 from rl_core.utils import resolve_device
 
@@ -261,46 +258,10 @@ def heldout_rows(cfg: DictConfig, loop: ModelBasedLoop, models: Models) -> list[
     return rows
 
 
-def _report(cfg: DictConfig, loop: ModelBasedLoop, models: Models, logger: Any) -> dict[str, Any]:
-    rl_path = write_rl_rows(cfg, AGENT, loop.history)
-    rows = heldout_rows(cfg, loop, models)
-    held_path = write_heldout_rows(cfg, AGENT, rows)
-    for r in rows:
-        print(f"{r['metric']:>28s} {r['model']:>12s} {r['value_model']:10.5f}   "
-              f"{r['baseline']:>16s} {r['value_baseline']:10.5f}")  # fmt: skip
-    final = loop.history[-1] if loop.history else {}
-    summary = {"final_return": final.get("return"), "env_steps": loop.env_steps,
-               "results": [str(rl_path), str(held_path)]}  # fmt: skip
-    if logger is not None:
-        logger.summary(summary)
-    return summary
-
-
 def train(cfg: DictConfig) -> dict[str, Any]:
-    run_dir = setup_run(cfg)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    logger_cfg = to_dataclass(cfg.logger, LoggerConfig, "logger")
-    start = time.perf_counter()
-    with Logger(logger_cfg, run_dir, cfg.run_name, resolved) as logger:
-        loop, models = make_loop(cfg, run_dir, logger)
-        loop.run(resume=bool(cfg.resume))
-        summary = _report(cfg, loop, models, logger)
-        summary["wall_s"] = time.perf_counter() - start
-        logger.summary({"wall_s": summary["wall_s"]})
-    print(f"final return {summary['final_return']} after {summary['env_steps']} env steps, "
-          f"{summary['wall_s']:.0f} s")  # fmt: skip
-    return summary
+    return train_command(cfg, AGENT, make_loop, heldout_rows)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Reload `run_dir/checkpoints/last.pt`, evaluate the policy once more and redo the tables."""
-    run_dir = Path(cfg.run_dir)
-    loop, models = make_loop(cfg, run_dir, None)
-    if not loop.load():
-        raise ConfigError(f"no checkpoint at {loop.ckpt_path}: train first (run_dir={run_dir})")
-    row = loop.evaluate(loop.epoch)
-    loop.history.pop()  # the table keeps the training curve
-    loop.collector.close()
-    print(f"epoch {loop.epoch}: return {row['return']:.4f} over {loop.env_steps} env steps")
-    return {**_report(cfg, loop, models, None), "return": row["return"]}
+    return eval_command(cfg, AGENT, make_loop, heldout_rows)
