@@ -1,0 +1,7 @@
+"""`python -m agents.diamond train|eval [overrides]` (see agents/diamond/agent.py)."""
+
+from agents.diamond.agent import evaluate, train
+from rl_core.cli import run_cli
+
+if __name__ == "__main__":
+    run_cli({"train": train, "eval": evaluate}, config_name="diamond")

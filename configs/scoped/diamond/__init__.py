@@ -1,0 +1,1 @@
+"""Hydra configs visible only to the agents whose primary config adds this folder to its searchpath."""
