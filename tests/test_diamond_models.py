@@ -511,7 +511,7 @@ def test_denoiser_smoke_training_beats_copy_last():
 @pytest.mark.slow
 def test_denoiser_default_size_training_32px():
     """The CPU default sizes on 32x32 frames with the official autoregressive training step
-    (segments of L + 1 transitions): 800 steps at batch 16 (~4 min on one core). Held-out
+    (segments of L + 1 transitions): 800 steps at batch 16 (~3 min on one core). Held-out
     next frames beat copy-last, the action matters, and an imagined rollout's first frames are
     closer to reality than copying the starting frame."""
     torch.manual_seed(15)
