@@ -17,7 +17,6 @@ from agents.diamond.denoiser import (
     DenoiserConfig,
     DiamondDenoiser,
     quantize_model_space,
-    sample_left_padded,
 )
 from agents.diamond.evaluation import (
     denoiser_metrics,
@@ -289,7 +288,7 @@ def test_sample_left_padded_places_segments_as_official():
         frames = np.full((n + 1, 4, 4, 3), 0, np.uint8)
         frames[:, 0, 0, 0] = np.arange(n + 1) + 10 * i  # frame id: step + 10 episode
         sampler.add_episode(frames, rng.integers(0, 4, n), np.ones(n), np.zeros(n, bool))
-    out = sample_left_padded(sampler, 400, 5, np.random.default_rng(1))
+    out = sampler.sample_left_padded(400, 5, np.random.default_rng(1))
     fm, mask = out["frame_mask"], out["mask"]
     assert out["frames"].shape == (400, 6, 4, 4, 3) and mask.shape == (400, 5)
     np.testing.assert_array_equal(mask, fm[:, :-1])

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from agents.diamond.denoiser import DenoiserConfig, DiamondDenoiser, sample_left_padded
+from agents.diamond.denoiser import DenoiserConfig, DiamondDenoiser
 from agents.diamond.evaluation import (
     denoiser_metrics,
     reward_end_metrics,
@@ -126,10 +126,10 @@ def components(
     burn_in = models.learner.cfg.burn_in
 
     def denoiser_batch(b: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        return to_torch(sample_left_padded(sampler, b, den_len, rng), device)
+        return to_torch(sampler.sample_left_padded(b, den_len, rng), device)
 
     def reward_end_batch(b: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        return to_torch(sample_left_padded(sampler, b, rew_len, rng), device)
+        return to_torch(sampler.sample_left_padded(b, rew_len, rng), device)
 
     def contexts(b: int, rng: np.random.Generator) -> dict[str, torch.Tensor]:
         return to_torch(sampler.sample_context(b, burn_in, rng), device)
@@ -185,7 +185,7 @@ def heldout_rows(cfg: DictConfig, loop: ModelBasedLoop, models: Models) -> list[
     device = loop.device
     models.denoiser.eval()
     models.reward_end.eval()
-    den = to_torch(sample_left_padded(sampler, int(h.batch_size), models.denoiser.cfg.seq_len,
+    den = to_torch(sampler.sample_left_padded(int(h.batch_size), models.denoiser.cfg.seq_len,
                                       rng), device)  # fmt: skip
     rows = denoiser_metrics(models.denoiser, den, seed=int(cfg.seed))
     rew = to_torch(sampler.sample(int(h.batch_size), int(cfg.agent.training.reward_end.seq_len),

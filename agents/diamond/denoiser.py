@@ -42,13 +42,11 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from rl_core.data.segments import SegmentSampler
 from rl_core.nn.edm import (
     EDMConfig,
     EDMSamplerConfig,
@@ -445,43 +443,3 @@ class DiamondDenoiser(nn.Module):
             raise ValueError("the batch has no valid target frame (mask is all False)")
         loss = torch.stack(losses).mean()
         return loss, {"loss_denoising": loss.item(), "targets": float(len(losses))}
-
-
-# ----------------------------------------------------------------------------- segments
-
-
-def sample_left_padded(
-    sampler: SegmentSampler, batch_size: int, horizon: int, rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """Denoiser segments placed as the official `BatchSampler` (padding only before the start).
-
-    A step t is drawn uniformly over the stored transitions, the segment of `horizon`
-    transitions ends at min(episode length, t + 1 + U{0..horizon-1}), and steps before the
-    episode start are padding: `mask` False, action 0, frames with `frame_mask` False (the
-    denoiser feeds them as the grey padding frame). Keys as :meth:`SegmentSampler.sample`.
-    So the first frames of an episode are targets too, conditioned on padding, as at the start
-    of the official imagination when the burn-in is shorter than L.
-    """
-    if horizon < 1:
-        raise ValueError(f"horizon must be >= 1, got {horizon}")
-    sampler._build()  # noqa: SLF001 - the sampler's arrays, built lazily
-    step = rng.integers(0, sampler.num_steps, size=batch_size)
-    episode = sampler.episode_of_step[step]
-    length = sampler.lengths[episode]
-    local = step - sampler.step_start[episode]
-    stop = np.minimum(length, local + 1 + rng.integers(0, horizon, size=batch_size))
-    start = stop - horizon  # may be negative: left padding
-    j = start[:, None] + np.arange(horizon + 1)[None, :]  # (b, T+1) local frame index
-    frame_mask = j >= 0
-    mask = frame_mask[:, :-1]  # transition j -> j+1 is real iff frame j is (stop <= length)
-    pad_frame, pad_step = len(sampler.frames) - 1, sampler.num_steps
-    f_idx = np.where(frame_mask, sampler.frame_start[episode][:, None] + j, pad_frame)
-    s_idx = np.where(mask, sampler.step_start[episode][:, None] + j[:, :-1], pad_step)
-    return {
-        "frames": sampler.frames.take(f_idx, axis=0),
-        "action": sampler.action.take(s_idx, axis=0),
-        "reward": sampler.reward.take(s_idx, axis=0),
-        "end": sampler.end.take(s_idx, axis=0),
-        "mask": mask,
-        "frame_mask": frame_mask,
-    }

@@ -124,6 +124,42 @@ class SegmentSampler:
         episode = self.episode_of_step[step]
         return self._gather(episode, step - self.step_start[episode], horizon)
 
+    def sample_left_padded(
+        self, batch_size: int, horizon: int, rng: np.random.Generator
+    ) -> dict[str, np.ndarray]:
+        """Denoiser segments placed as the official `BatchSampler` (padding only before the start).
+
+        A step t is drawn uniformly over the stored transitions, the segment of `horizon`
+        transitions ends at min(episode length, t + 1 + U{0..horizon-1}), and steps before the
+        episode start are padding: `mask` False, action 0, frames with `frame_mask` False (the
+        denoiser feeds them as the grey padding frame). Keys as :meth:`SegmentSampler.sample`.
+        So the first frames of an episode are targets too, conditioned on padding, as at the start
+        of the official imagination when the burn-in is shorter than L.
+        """
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        self._build()
+        step = rng.integers(0, self.num_steps, size=batch_size)
+        episode = self.episode_of_step[step]
+        length = self.lengths[episode]
+        local = step - self.step_start[episode]
+        stop = np.minimum(length, local + 1 + rng.integers(0, horizon, size=batch_size))
+        start = stop - horizon  # may be negative: left padding
+        j = start[:, None] + np.arange(horizon + 1)[None, :]  # (b, T+1) local frame index
+        frame_mask = j >= 0
+        mask = frame_mask[:, :-1]  # transition j -> j+1 is real iff frame j is (stop <= length)
+        pad_frame, pad_step = len(self.frames) - 1, self.num_steps
+        f_idx = np.where(frame_mask, self.frame_start[episode][:, None] + j, pad_frame)
+        s_idx = np.where(mask, self.step_start[episode][:, None] + j[:, :-1], pad_step)
+        return {
+            "frames": self.frames.take(f_idx, axis=0),
+            "action": self.action.take(s_idx, axis=0),
+            "reward": self.reward.take(s_idx, axis=0),
+            "end": self.end.take(s_idx, axis=0),
+            "mask": mask,
+            "frame_mask": frame_mask,
+        }
+
     def sample_context(
         self, batch_size: int, burn_in: int, rng: np.random.Generator
     ) -> dict[str, np.ndarray]:
