@@ -26,9 +26,12 @@ from rl_core.actor_critic import frames_to_tensor
 from rl_core.cli import setup_run
 from rl_core.config import ConfigError, to_dataclass
 from rl_core.data import EpisodeStore
+from rl_core.data.segments import SegmentSampler
 from rl_core.logging import Logger, LoggerConfig
+from rl_core.model_based import LoopConfig, ModelBasedLoop
 from rl_core.rollout import RandomPolicy, StepCollector, rollout
 from rl_core.tables import read_rows, upsert_rows
+from rl_core.utils import resolve_device
 
 HELDOUT_COLUMNS = ("env", "metric", "model", "baseline", "value_model", "value_baseline")
 RL_COLUMNS = ("env", "agent", "seed", "env_steps", "return")
@@ -186,6 +189,41 @@ def write_heldout_rows(cfg: DictConfig, agent: str, rows: list[dict[str, Any]]) 
 
 
 # ----------------------------------------------------------------------------- commands
+
+
+def model_based_loop(
+    cfg: DictConfig,
+    run_dir: Path,
+    logger: Any,
+    *,
+    actor_critic: Any,
+    learner: Any,
+    trained: list[torch.nn.Module],
+    components: Callable[[SegmentSampler, torch.device], list[Any]],
+) -> ModelBasedLoop:
+    """The shared loop for `cfg.env` with this agent's components: replay store in
+    `run_dir/replay`, training and evaluation envs, the learner's target critic saved with it."""
+    device = resolve_device(cfg.device)
+    for module in trained:
+        module.to(device)
+    loop_cfg = to_dataclass(cfg.agent.loop, LoopConfig, "agent.loop")
+    sampler = SegmentSampler()
+    return ModelBasedLoop(
+        loop_cfg,
+        components=components(sampler, device),
+        actor_critic=actor_critic,
+        env_fns=env_fns(cfg.env, loop_cfg.collect.envs),
+        eval_env_fns=env_fns(cfg.env, loop_cfg.eval.envs, evaluation=True),
+        store=EpisodeStore(run_dir / "replay"),
+        sampler=sampler,
+        run_dir=run_dir,
+        device=device,
+        logger=logger,
+        seed=int(cfg.seed),
+        vectorization=vectorization(cfg.env.name),
+        extra_state={"target": learner.target} if learner.target is not None else {},
+    )
+
 
 MakeLoop = Callable[[DictConfig, Path, Any], tuple[Any, Any]]
 HeldoutRows = Callable[[DictConfig, Any, Any], list[dict[str, Any]]]

@@ -237,7 +237,7 @@ class ModelBasedLoop:
         """Restore the last checkpoint if there is one; True if it did."""
         if not self.ckpt_path.exists():
             return False
-        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=True)
         if state.get("version") != CHECKPOINT_VERSION:
             raise ValueError(
                 f"{self.ckpt_path}: checkpoint version {state.get('version')!r}, "

@@ -53,14 +53,13 @@ from agents.diamond.evaluation import (
 from agents.diamond.imagination import DiamondImagination
 from agents.diamond.reward_end import RewardEndConfig, RewardEndModel
 from agents.world_model_common import (
-    env_fns,
     env_spaces,
     eval_command,
     heldout_store,
+    model_based_loop,
     to_torch,
     train_command,
 )
-from envs.vector import vectorization
 from rl_core.actor_critic import (
     ActorCritic,
     ActorCriticConfig,
@@ -68,10 +67,8 @@ from rl_core.actor_critic import (
     ImaginationLearner,
 )
 from rl_core.config import ConfigError, to_dataclass
-from rl_core.data import EpisodeStore
 from rl_core.data.segments import SegmentSampler
-from rl_core.model_based import Component, ComponentSchedule, LoopConfig, ModelBasedLoop
-from rl_core.utils import resolve_device
+from rl_core.model_based import Component, ComponentSchedule, ModelBasedLoop
 
 AGENT = "diamond"
 COMPONENTS = ("denoiser", "reward_end", "actor_critic")
@@ -152,28 +149,12 @@ def components(
 
 
 def make_loop(cfg: DictConfig, run_dir: Path, logger: Any) -> tuple[ModelBasedLoop, Models]:
-    num_actions, image_shape = env_spaces(cfg.env)
-    device = resolve_device(cfg.device)
-    models = build(cfg, num_actions, image_shape)
-    for m in (models.denoiser, models.reward_end, models.learner):
-        m.to(device)
-    loop_cfg = to_dataclass(cfg.agent.loop, LoopConfig, "agent.loop")
-    sampler = SegmentSampler()
-    loop = ModelBasedLoop(
-        loop_cfg,
-        components=components(cfg, models, sampler, device),
-        actor_critic=models.actor_critic,
-        env_fns=env_fns(cfg.env, loop_cfg.collect.envs),
-        eval_env_fns=env_fns(cfg.env, loop_cfg.eval.envs, evaluation=True),
-        store=EpisodeStore(run_dir / "replay"),
-        sampler=sampler,
-        run_dir=run_dir,
-        device=device,
-        logger=logger,
-        seed=int(cfg.seed),
-        vectorization=vectorization(cfg.env.name),
-        extra_state={"target": models.learner.target} if models.learner.target else {},
-    )
+    models = build(cfg, *env_spaces(cfg.env))
+    loop = model_based_loop(
+        cfg, run_dir, logger, actor_critic=models.actor_critic, learner=models.learner,
+        trained=[models.denoiser, models.reward_end, models.learner],
+        components=lambda sampler, device: components(cfg, models, sampler, device),
+    )  # fmt: skip
     return loop, models
 
 

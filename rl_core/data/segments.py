@@ -96,11 +96,12 @@ class SegmentSampler:
     def _gather(
         self, episode: np.ndarray, local: np.ndarray, horizon: int
     ) -> dict[str, np.ndarray]:
-        """Segments of `horizon` transitions starting at step `local` of `episode` (b,)."""
+        """Segments of `horizon` transitions starting at step `local` of `episode` (b,); steps
+        before the episode (negative `local`) or after its end are padding."""
         j = local[:, None] + np.arange(horizon + 1)[None, :]  # (b, T+1) local frame index
         length = self.lengths[episode][:, None]
-        frame_mask = j <= length
-        mask = j[:, :-1] < length
+        frame_mask = (j >= 0) & (j <= length)
+        mask = (j[:, :-1] >= 0) & (j[:, :-1] < length)
         pad_frame, pad_step = len(self.frames) - 1, self.num_steps
         f_idx = np.where(frame_mask, self.frame_start[episode][:, None] + j, pad_frame)
         s_idx = np.where(mask, self.step_start[episode][:, None] + j[:, :-1], pad_step)
@@ -144,21 +145,7 @@ class SegmentSampler:
         length = self.lengths[episode]
         local = step - self.step_start[episode]
         stop = np.minimum(length, local + 1 + rng.integers(0, horizon, size=batch_size))
-        start = stop - horizon  # may be negative: left padding
-        j = start[:, None] + np.arange(horizon + 1)[None, :]  # (b, T+1) local frame index
-        frame_mask = j >= 0
-        mask = frame_mask[:, :-1]  # transition j -> j+1 is real iff frame j is (stop <= length)
-        pad_frame, pad_step = len(self.frames) - 1, self.num_steps
-        f_idx = np.where(frame_mask, self.frame_start[episode][:, None] + j, pad_frame)
-        s_idx = np.where(mask, self.step_start[episode][:, None] + j[:, :-1], pad_step)
-        return {
-            "frames": self.frames.take(f_idx, axis=0),
-            "action": self.action.take(s_idx, axis=0),
-            "reward": self.reward.take(s_idx, axis=0),
-            "end": self.end.take(s_idx, axis=0),
-            "mask": mask,
-            "frame_mask": frame_mask,
-        }
+        return self._gather(episode, stop - horizon, horizon)  # start < 0: left padding
 
     def sample_context(
         self, batch_size: int, burn_in: int, rng: np.random.Generator
