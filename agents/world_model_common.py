@@ -37,6 +37,17 @@ HELDOUT_COLUMNS = ("env", "metric", "model", "baseline", "value_model", "value_b
 RL_COLUMNS = ("env", "agent", "seed", "env_steps", "return")
 
 
+def metric_row(metric: str, model: str, baseline: str, value_model, value_baseline) -> dict:
+    """One held-out comparison (a `heldout.csv` row without its env): model vs baseline."""
+    return {
+        "metric": metric,
+        "model": model,
+        "baseline": baseline,
+        "value_model": float(value_model),
+        "value_baseline": float(value_baseline),
+    }
+
+
 def env_kwargs(env_cfg: DictConfig | dict, *, evaluation: bool = False) -> dict[str, Any]:
     kwargs = {k: v for k, v in dict(env_cfg).items() if k not in ("name", "run_tag")}
     if evaluation and "life_loss_terminal" in kwargs:

@@ -300,7 +300,7 @@ class ModelBasedLoop:
             self.actor_critic, temperature=e.temperature, greedy=e.greedy, seed=self.seed + epoch
         )
         result = rollout(
-            self.eval_env_fns[: e.envs] if len(self.eval_env_fns) >= e.envs else self.eval_env_fns,
+            self.eval_env_fns[: e.envs],
             policy,
             episodes=e.episodes,
             seed=self.seed + 10_000 + epoch,

@@ -49,6 +49,18 @@ class RolloutResult:
         return self.returns.mean(axis=0)
 
 
+def _step_buffer(next_obs: bool) -> dict[str, list]:
+    keys = ["obs", "action", "reward", "terminated", "truncated"]
+    return {k: [] for k in keys + (["next_obs"] if next_obs else [])}
+
+
+def _episode_arrays(buffer: Mapping[str, list]) -> dict[str, np.ndarray]:
+    """A finished episode's per-step lists as the store's arrays (rewards float32)."""
+    episode = {k: np.stack(v) for k, v in buffer.items()}
+    episode["reward"] = episode["reward"].astype(np.float32)
+    return episode
+
+
 class _EpisodeRecorder:
     """Collects per-env step buffers and writes finished episodes to a store."""
 
@@ -59,8 +71,7 @@ class _EpisodeRecorder:
         self.buffers: list[dict[str, list]] = [self._empty() for _ in metadata]
 
     def _empty(self) -> dict[str, list]:
-        keys = ["obs", "action", "reward", "terminated", "truncated"]
-        return {k: [] for k in keys + (["next_obs"] if self.next_obs else [])}
+        return _step_buffer(self.next_obs)
 
     def add(self, i: int, obs, action, reward, terminated, truncated, next_obs) -> None:
         buf = self.buffers[i]
@@ -73,11 +84,8 @@ class _EpisodeRecorder:
             buf["next_obs"].append(next_obs)
 
     def finish(self, i: int, episode_index: int) -> None:
-        buf = self.buffers[i]
-        episode = {k: np.stack(v) for k, v in buf.items()}
-        episode["reward"] = episode["reward"].astype(np.float32)
         meta = {**self.metadata[i], "trial_episode": episode_index}
-        self.writer.add(episode, meta)
+        self.writer.add(_episode_arrays(self.buffers[i]), meta)
         self.buffers[i] = self._empty()
 
 
@@ -172,10 +180,6 @@ def rollout(
     return RolloutResult(returns=returns, lengths=lengths, steps=steps, infos=infos)
 
 
-def _step_buffer() -> dict[str, list]:
-    return {k: [] for k in ("obs", "action", "reward", "terminated", "truncated", "next_obs")}
-
-
 class StepCollector:
     """The rollout loop for online agents: step persistent envs `steps` at a time, across calls.
 
@@ -218,7 +222,7 @@ class StepCollector:
         """Take at least `steps` env steps in total (a multiple of the env count) with `policy`."""
         if self.obs is None:
             self.obs, _ = self.envs.reset(seed=self.seed)
-            self._buffers = [_step_buffer() for _ in range(self.n)]
+            self._buffers = [_step_buffer(next_obs=True) for _ in range(self.n)]
             self._returns[:] = 0.0
         if policy is not self.policy:  # a new policy starts without context, mid-episode
             self.policy = policy
@@ -241,7 +245,7 @@ class StepCollector:
             policy.observe(actions, np.asarray(rewards), dones)
             for i in np.flatnonzero(dones):
                 finished.append((self._buffers[i], float(self._returns[i])))
-                self._buffers[i] = _step_buffer()
+                self._buffers[i] = _step_buffer(next_obs=True)
                 self._returns[i] = 0.0
             if dones.any():
                 reset_obs, _ = self.envs.reset(options={"reset_mask": dones})
@@ -252,9 +256,8 @@ class StepCollector:
         if finished:
             with self.store.writer() as writer:
                 for buf, _ in finished:
-                    episode = {k: np.stack(v) for k, v in buf.items()}
-                    episode["reward"] = episode["reward"].astype(np.float32)
-                    writer.add(episode, {**self.metadata, "collect_index": self.episodes_done})
+                    meta = {**self.metadata, "collect_index": self.episodes_done}
+                    writer.add(_episode_arrays(buf), meta)
                     self.episodes_done += 1
         return [ret for _, ret in finished]
 

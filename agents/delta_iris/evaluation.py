@@ -24,16 +24,7 @@ from torch import Tensor
 from agents.delta_iris.imagination import DeltaIrisImagination
 from agents.delta_iris.tokenizer import Tokenizer, as_float_frames
 from agents.delta_iris.world_model import WorldModel
-
-
-def _row(metric: str, model: str, baseline: str, value_model, value_baseline) -> dict:
-    return {
-        "metric": metric,
-        "model": model,
-        "baseline": baseline,
-        "value_model": float(value_model),
-        "value_baseline": float(value_baseline),
-    }
+from agents.world_model_common import metric_row
 
 
 def _entropy(counts: Tensor, base: float = math.e) -> float:
@@ -74,9 +65,11 @@ def tokenizer_metrics(tokenizer: Tokenizer, batch: dict[str, Tensor], seed: int 
     mse = (recon - nxt).pow(2).mean()
     counts = torch.bincount(tokens.flatten(), minlength=tokenizer.cfg.codebook_size)
     return [
-        _row("next_frame_mse", "tokenizer", "copy_last", mse, (prev - nxt).pow(2).mean()),
-        _row("next_frame_mse", "tokenizer", "shuffled_tokens", mse, (shuffled - nxt).pow(2).mean()),
-        _row(
+        metric_row("next_frame_mse", "tokenizer", "copy_last", mse, (prev - nxt).pow(2).mean()),
+        metric_row(
+            "next_frame_mse", "tokenizer", "shuffled_tokens", mse, (shuffled - nxt).pow(2).mean()
+        ),
+        metric_row(
             "code_usage_entropy_bits",
             "tokenizer",
             "log2_codebook_size",
@@ -109,15 +102,15 @@ def world_model_metrics(
     present = reward_labels.unique()
     recalls = [(reward_pred[reward_labels == c] == c).float().mean() for c in present]
     return [
-        _row("latent_ce_nats", "world_model", "unigram_entropy", ce, _entropy(counts)),
-        _row(
+        metric_row("latent_ce_nats", "world_model", "unigram_entropy", ce, _entropy(counts)),
+        metric_row(
             "latent_accuracy",
             "world_model",
             "majority_code",
             accuracy,
             counts.max().float() / counts.sum(),
         ),
-        _row(
+        metric_row(
             "reward_balanced_accuracy",
             "world_model",
             "chance",
@@ -151,7 +144,7 @@ def imagination_metrics(
         current, _, _ = imagination.step(actions[:, start + k - 1])
         real = frames[:, start + k].to(current.device)
         out.append(
-            _row(
+            metric_row(
                 f"imagined_frame_mse_k{k}",
                 "imagination",
                 "copy_last",

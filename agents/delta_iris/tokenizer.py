@@ -33,7 +33,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from rl_core.nn.convnet import FrameDecoder, FrameEncoder
+from rl_core.nn.convnet import FrameDecoder, FrameEncoder, as_float_frames
 from rl_core.nn.vq import EMACosineCodebook
 
 
@@ -82,11 +82,6 @@ class TokenizerConfig:
     @property
     def patch_size(self) -> int:
         return self.latent_size // self.tokens_per_side
-
-
-def as_float_frames(frames: Tensor) -> Tensor:
-    """uint8 frames -> float in [0, 1]; float frames pass through."""
-    return frames.float().div(255.0) if frames.dtype == torch.uint8 else frames
 
 
 def init_linear_embedding(module: nn.Module) -> None:

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
+from rl_core.nn.convnet import Upsample, as_float_frames
 from rl_core.nn.edm import (
     EDMConfig,
     EDMSamplerConfig,
@@ -65,11 +66,6 @@ ATTN_HEAD_DIM = 8
 
 
 # ----------------------------------------------------------------------------- frame helpers
-
-
-def as_float_frames(frames: Tensor) -> Tensor:
-    """uint8 frames -> float in [0, 1]; float frames pass through."""
-    return frames.float().div(255.0) if frames.dtype == torch.uint8 else frames
 
 
 def to_model_space(frames: Tensor) -> Tensor:
@@ -190,15 +186,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.conv(x)
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class UNet(nn.Module):

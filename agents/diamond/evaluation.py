@@ -33,17 +33,8 @@ from agents.diamond.denoiser import (
 )
 from agents.diamond.imagination import DiamondImagination
 from agents.diamond.reward_end import RewardEndModel
+from agents.world_model_common import metric_row
 from rl_core.nn.edm import add_noise, edm_target, precondition, sample_sigma_train
-
-
-def _row(metric: str, model: str, baseline: str, value_model, value_baseline) -> dict:
-    return {
-        "metric": metric,
-        "model": model,
-        "baseline": baseline,
-        "value_model": float(value_model),
-        "value_baseline": float(value_baseline),
-    }
 
 
 def psnr(pred: Tensor, target: Tensor) -> float:
@@ -121,9 +112,11 @@ def denoiser_metrics(
     pred_other = denoiser.sample_next(past, other, n_steps, method, generator=g)
     psnr_true, psnr_other = psnr(pred, target), psnr(pred_other, target)
     return [
-        _row("denoising_loss", "denoiser", "zero_output", loss, loss_zero),
-        _row("next_frame_psnr_db", "denoiser", "copy_last", psnr_true, psnr(past[:, -1], target)),
-        _row("action_sensitivity_psnr_db", "denoiser", "zero", psnr_true - psnr_other, 0.0),
+        metric_row("denoising_loss", "denoiser", "zero_output", loss, loss_zero),
+        metric_row(
+            "next_frame_psnr_db", "denoiser", "copy_last", psnr_true, psnr(past[:, -1], target)
+        ),
+        metric_row("action_sensitivity_psnr_db", "denoiser", "zero", psnr_true - psnr_other, 0.0),
     ]
 
 
@@ -163,11 +156,13 @@ def rollout_rows(curve: dict[str, Tensor]) -> list[dict]:
     """Rows of a rollout curve: the first step, the last step and the mean over steps."""
     h = len(curve["model"])
     rows = [
-        _row("rollout_mae_k1", "imagination", "copy_last", curve["model"][0], curve["copy_last"][0])
+        metric_row(
+            "rollout_mae_k1", "imagination", "copy_last", curve["model"][0], curve["copy_last"][0]
+        )
     ]
     if h > 1:
         rows.append(
-            _row(
+            metric_row(
                 f"rollout_mae_k{h}",
                 "imagination",
                 "copy_last",
@@ -176,7 +171,7 @@ def rollout_rows(curve: dict[str, Tensor]) -> list[dict]:
             )
         )
     rows.append(
-        _row(
+        metric_row(
             f"rollout_mae_mean_k1-{h}",
             "imagination",
             "copy_last",
@@ -203,11 +198,11 @@ def reward_end_metrics(model: RewardEndModel, batch: dict[str, Tensor]) -> list[
     nonzero = target_rew != 1
     if bool(nonzero.any()):
         recall = (pred_rew[nonzero] == target_rew[nonzero]).float().mean()
-        rows.append(_row("reward_nonzero_recall", "reward_end", "chance", recall, 1 / 3))
+        rows.append(metric_row("reward_nonzero_recall", "reward_end", "chance", recall, 1 / 3))
     present = target_rew.unique()
     recalls = [(pred_rew[target_rew == c] == c).float().mean() for c in present]
     rows.append(
-        _row(
+        metric_row(
             "reward_balanced_accuracy",
             "reward_end",
             "chance",
@@ -217,5 +212,5 @@ def reward_end_metrics(model: RewardEndModel, batch: dict[str, Tensor]) -> list[
     )
     if bool(target_end.any()):
         recall = (pred_end[target_end == 1] == 1).float().mean()
-        rows.append(_row("end_recall", "reward_end", "chance", recall, 0.5))
+        rows.append(metric_row("end_recall", "reward_end", "chance", recall, 0.5))
     return rows

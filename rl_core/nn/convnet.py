@@ -19,8 +19,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def as_float_frames(frames: Tensor) -> Tensor:
+    """uint8 frames -> float in [0, 1]; float frames pass through."""
+    return frames.float().div(255.0) if frames.dtype == torch.uint8 else frames
 
 
 def group_norm(channels: int) -> nn.GroupNorm:
