@@ -9,6 +9,7 @@ protocol (no life-loss terminal), the random baseline and the held-out episodes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import time
 from collections.abc import Callable
@@ -22,13 +23,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import envs
 from envs.vector import vectorization
-from rl_core.actor_critic import frames_to_tensor
+from rl_core.actor_critic import ActorCritic, ImaginationConfig, frames_to_tensor
 from rl_core.cli import setup_run
 from rl_core.config import ConfigError, to_dataclass
 from rl_core.data import EpisodeStore
 from rl_core.data.segments import SegmentSampler
 from rl_core.logging import Logger, LoggerConfig
-from rl_core.model_based import LoopConfig, ModelBasedLoop
+from rl_core.model_based import Component, ComponentSchedule, LoopConfig, ModelBasedLoop
+from rl_core.model_free import RealEnvLearner, matched_updates
 from rl_core.rollout import RandomPolicy, StepCollector, rollout
 from rl_core.tables import read_rows, upsert_rows
 from rl_core.utils import resolve_device
@@ -122,17 +124,24 @@ def random_returns(cfg: DictConfig, epoch: int) -> float:
     return float(result.returns.mean())
 
 
+def agent_label(cfg: DictConfig, agent: str) -> str:
+    """The `agent` column of the tables: `diamond`, or `diamond_model_free` for that baseline."""
+    return f"{agent}_model_free" if cfg.get("model_free", False) else agent
+
+
 def write_rl_rows(cfg: DictConfig, agent: str, history: list[dict[str, float]]) -> Path:
-    """`results/<agent>/imagination_rl.csv` rows of this run (its eval curve and the random
-    policy at the same points) and the plot next to it."""
+    """`results/<agent>/imagination_rl.csv` rows of this run (its eval curve and, for a
+    world-model run, the random policy at the same points) and the plot next to it."""
     label = env_label(cfg.env)
     rows = []
     for h in history:
         steps = int(h["env_steps"])
-        rows.append({"env": label, "agent": agent, "seed": cfg.seed, "env_steps": steps,
+        rows.append({"env": label, "agent": agent_label(cfg, agent), "seed": cfg.seed,
+                     "env_steps": steps,
                      "return": f"{h['return']:.4f}"})  # fmt: skip
-        rows.append({"env": label, "agent": "random", "seed": cfg.seed, "env_steps": steps,
-                     "return": f"{random_returns(cfg, int(h['epoch'])):.4f}"})  # fmt: skip
+        if not cfg.get("model_free", False):  # the world-model run draws them at its points
+            rows.append({"env": label, "agent": "random", "seed": cfg.seed, "env_steps": steps,
+                         "return": f"{random_returns(cfg, int(h['epoch'])):.4f}"})  # fmt: skip
     path = Path(cfg.results_dir) / agent / "imagination_rl.csv"
     upsert_rows(path, RL_COLUMNS, rows, key=("env", "agent", "seed", "env_steps"),
                 sort_key=lambda r: (r["env"], r["agent"], int(r["seed"]), int(r["env_steps"])))  # fmt: skip
@@ -211,13 +220,14 @@ def model_based_loop(
     learner: Any,
     trained: list[torch.nn.Module],
     components: Callable[[SegmentSampler, torch.device], list[Any]],
+    loop_cfg: LoopConfig | None = None,
 ) -> ModelBasedLoop:
     """The shared loop for `cfg.env` with this agent's components: replay store in
     `run_dir/replay`, training and evaluation envs, the learner's target critic saved with it."""
     device = resolve_device(cfg.device)
     for module in trained:
         module.to(device)
-    loop_cfg = to_dataclass(cfg.agent.loop, LoopConfig, "agent.loop")
+    loop_cfg = loop_cfg or to_dataclass(cfg.agent.loop, LoopConfig, "agent.loop")
     sampler = SegmentSampler()
     return ModelBasedLoop(
         loop_cfg,
@@ -236,6 +246,40 @@ def model_based_loop(
     )
 
 
+def model_free_loop(
+    cfg: DictConfig, run_dir: Path, logger: Any, *, actor_critic: ActorCritic,
+    im_cfg: ImaginationConfig,
+) -> ModelBasedLoop:  # fmt: skip
+    """`model_free=true`: no world model; the same actor-critic and loss on real env steps
+    (`rl_core.model_free`), on `training.actor_critic.batch_size` envs (official). Nothing is
+    collected into the replay store; instead each epoch takes as many gradient steps as bring the
+    learner's real steps closest to what the world-model run has collected by then, so the two
+    curves share their x axis (environment steps)."""
+    loop_cfg = to_dataclass(cfg.agent.loop, LoopConfig, "agent.loop")
+    schedule = to_dataclass(
+        cfg.agent.training.actor_critic, ComponentSchedule, "agent.training.actor_critic"
+    )
+    learner = RealEnvLearner(
+        actor_critic, env_fns(cfg.env, schedule.batch_size), im_cfg, seed=int(cfg.seed),
+        vectorization=vectorization(cfg.env.name),
+    )  # fmt: skip
+    budget = loop_cfg.collect
+
+    def updates(epoch: int) -> int:
+        done = int(learner.env_steps)
+        return matched_updates(budget.budget_through(epoch), done, learner.steps_per_update)
+
+    def component(sampler: SegmentSampler, device: torch.device) -> list[Component]:
+        return [Component("actor_critic", learner, schedule, lambda b, rng: {},
+                          after_step=learner.after_step, steps_at=updates, needs_data=False)]  # fmt: skip
+
+    no_collection = dataclasses.replace(budget, first_steps=0, steps_per_epoch=0)
+    return model_based_loop(
+        cfg, run_dir, logger, actor_critic=actor_critic, learner=learner, trained=[learner],
+        components=component, loop_cfg=dataclasses.replace(loop_cfg, collect=no_collection),
+    )  # fmt: skip
+
+
 MakeLoop = Callable[[DictConfig, Path, Any], tuple[Any, Any]]
 HeldoutRows = Callable[[DictConfig, Any, Any], list[dict[str, Any]]]
 
@@ -245,14 +289,14 @@ def report(
 ) -> dict[str, Any]:
     """Write this run's rows of both tables, print the held-out metrics, log a summary."""
     rl_path = write_rl_rows(cfg, agent, loop.history)
-    rows = heldout_rows(cfg, loop, models)
-    held_path = write_heldout_rows(cfg, agent, rows)
+    rows = [] if cfg.get("model_free", False) else heldout_rows(cfg, loop, models)
+    held_path = write_heldout_rows(cfg, agent, rows) if rows else None
     for r in rows:
         print(f"{r['metric']:>28s} {r['model']:>12s} {r['value_model']:10.5f}   "
               f"{r['baseline']:>16s} {r['value_baseline']:10.5f}")  # fmt: skip
     final = loop.history[-1] if loop.history else {}
     summary = {"final_return": final.get("return"), "env_steps": loop.env_steps,
-               "results": [str(rl_path), str(held_path)]}  # fmt: skip
+               "results": [str(p) for p in (rl_path, held_path) if p is not None]}  # fmt: skip
     if logger is not None:
         logger.summary(summary)
     return summary
@@ -288,6 +332,6 @@ def eval_command(
         raise ConfigError(f"no checkpoint at {loop.ckpt_path}: train first (run_dir={run_dir})")
     row = loop.evaluate(loop.epoch)
     loop.history.pop()  # the table keeps the training curve
-    loop.collector.close()
+    loop.close()
     print(f"epoch {loop.epoch}: return {row['return']:.4f} over {loop.env_steps} env steps")
     return {**report(cfg, agent, loop, models, heldout_rows, None), "return": row["return"]}

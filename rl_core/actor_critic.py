@@ -35,6 +35,7 @@ __all__ = [
     "ImaginationConfig",
     "ImaginationLearner",
     "ImaginedEnv",
+    "actor_critic_loss",
     "ema_update",
     "frames_to_tensor",
     "lambda_returns",
@@ -221,32 +222,45 @@ class ImaginationLearner(nn.Module):
     def compute_loss(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, float]]:
         cfg = self.cfg
         traj = self.imagine(batch["frames"], batch["action"])
-        values = traj["values"]
         baseline = (
             self._target_values(batch["frames"][:, :-1], traj["frames"])
             if self.target is not None
-            else values.detach()
+            else traj["values"].detach()
         )
-        returns = lambda_returns(traj["rewards"], baseline, traj["ends"], cfg.gamma, cfg.lam)
         # alive[t]: no imagined termination before step t
         ended_before = torch.cumsum(traj["ends"].float(), 1) - traj["ends"].float()
         alive = (ended_before == 0).float()
-        weight = alive / alive.sum().clamp_min(1.0)
-        dist = torch.distributions.Categorical(logits=traj["logits"])
-        advantage = (returns - baseline[:, :-1]).detach()
-        loss_policy = -(dist.log_prob(traj["actions"]) * advantage * weight).sum()
-        entropy = (dist.entropy() * weight).sum()
-        loss_value = (F.mse_loss(values[:, :-1], returns.detach(), reduction="none") * weight).sum()
-        loss = loss_policy + loss_value - cfg.entropy_weight * entropy
-        return loss, {
-            "loss_policy": loss_policy.item(),
-            "loss_value": loss_value.item(),
-            "entropy": entropy.item(),
-            "imagined_return": (traj["rewards"] * alive).sum(1).mean().item(),
-            "imagined_ends": traj["ends"].float().mean().item(),
-            "value": values[:, :-1].mean().item(),
-            "lambda_return": returns.mean().item(),
-        }
+        loss, metrics = actor_critic_loss(traj, baseline, alive, cfg)
+        metrics["imagined_return"] = (traj["rewards"] * alive).sum(1).mean().item()
+        metrics["imagined_ends"] = traj["ends"].float().mean().item()
+        return loss, metrics
+
+
+def actor_critic_loss(
+    traj: dict[str, Tensor], baseline: Tensor, weight: Tensor, cfg: ImaginationConfig
+) -> tuple[Tensor, dict[str, float]]:
+    """REINFORCE with a value baseline and λ-returns over a (b, H) trajectory (module docstring).
+
+    `traj`: logits (b, H, A), actions, rewards, ends (b, H) and values (b, H + 1) with grad;
+    `baseline` (b, H + 1) bootstraps the returns (target or detached online values); `weight`
+    (b, H) >= 0 says which steps count (normalised here to a mean over them).
+    """
+    values = traj["values"]
+    returns = lambda_returns(traj["rewards"], baseline, traj["ends"], cfg.gamma, cfg.lam)
+    weight = weight / weight.sum().clamp_min(1.0)
+    dist = torch.distributions.Categorical(logits=traj["logits"])
+    advantage = (returns - baseline[:, :-1]).detach()
+    loss_policy = -(dist.log_prob(traj["actions"]) * advantage * weight).sum()
+    entropy = (dist.entropy() * weight).sum()
+    loss_value = (F.mse_loss(values[:, :-1], returns.detach(), reduction="none") * weight).sum()
+    loss = loss_policy + loss_value - cfg.entropy_weight * entropy
+    return loss, {
+        "loss_policy": loss_policy.item(),
+        "loss_value": loss_value.item(),
+        "entropy": entropy.item(),
+        "value": values[:, :-1].mean().item(),
+        "lambda_return": returns.mean().item(),
+    }
 
 
 class ActorCriticPolicy:

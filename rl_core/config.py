@@ -24,6 +24,17 @@ from omegaconf.errors import (
 
 T = TypeVar("T")
 
+
+def _tag_if(flag: Any, tag: str) -> str:
+    """`${tag_if:${flag},_suffix}`: the suffix when the flag is true (run names of variants)."""
+    if isinstance(flag, str):
+        flag = flag.strip().lower() in ("true", "1", "yes")
+    return str(tag) if flag else ""
+
+
+if not OmegaConf.has_resolver("tag_if"):  # configs name variants' runs apart with it
+    OmegaConf.register_new_resolver("tag_if", _tag_if)
+
 __all__ = ["ConfigError", "to_dataclass", "redact_secrets", "is_secret_key"]
 
 

@@ -85,6 +85,18 @@ class CollectConfig:
     epsilon: float = 0.01  # random-action probability while collecting
     temperature: float = 1.0
 
+    def steps_at(self, epoch: int) -> int:
+        """Real steps collected in `epoch` (1-based)."""
+        if epoch == 1:
+            return self.first_steps
+        if self.last_epoch is not None and epoch > self.last_epoch:
+            return 0
+        return self.steps_per_epoch
+
+    def budget_through(self, epoch: int) -> int:
+        """Real steps collected in epochs 1..`epoch`."""
+        return sum(self.steps_at(e) for e in range(1, epoch + 1))
+
 
 @dataclass
 class EvalConfig:
@@ -114,6 +126,12 @@ class Component:
     sample: BatchFn
     after_step: Callable[[], None] | None = None  # e.g. the actor-critic's EMA target update
     optimizer: torch.optim.Optimizer | None = None
+    # gradient steps in an epoch, instead of `schedule.steps_at` (e.g. matched to an env budget)
+    steps_at: Callable[[int], int] | None = None
+    needs_data: bool = True  # False: trains without replay data (a model-free learner)
+
+    def steps_in(self, epoch: int) -> int:
+        return self.steps_at(epoch) if self.steps_at is not None else self.schedule.steps_at(epoch)
 
     def build_optimizer(self) -> torch.optim.Optimizer:
         s = self.schedule
@@ -213,7 +231,9 @@ class ModelBasedLoop:
 
     @property
     def env_steps(self) -> int:
-        return self.collector.total_steps
+        """Real env steps: collected, plus those components took themselves (model-free)."""
+        own = sum(int(getattr(c.module, "env_steps", 0)) for c in self.components)
+        return self.collector.total_steps + own
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -265,16 +285,8 @@ class ModelBasedLoop:
 
     # ------------------------------------------------------------------ epochs
 
-    def _collect_steps(self, epoch: int) -> int:
-        c = self.cfg.collect
-        if epoch == 1:
-            return c.first_steps
-        if c.last_epoch is not None and epoch > c.last_epoch:
-            return 0
-        return c.steps_per_epoch
-
     def _collect(self, epoch: int) -> dict[str, float]:
-        steps = self._collect_steps(epoch)
+        steps = self.cfg.collect.steps_at(epoch)
         if steps <= 0:
             return {}
         c = self.cfg.collect
@@ -337,8 +349,8 @@ class ModelBasedLoop:
                 collect = self._collect(epoch)
                 row.update({f"train/{k}": v for k, v in collect.items()})
                 for comp in self.components:
-                    steps = comp.schedule.steps_at(epoch)
-                    if steps == 0 or len(self.sampler) == 0:
+                    steps = comp.steps_in(epoch)
+                    if steps == 0 or (comp.needs_data and len(self.sampler) == 0):
                         continue
                     start = time.perf_counter()
                     metrics = train_component(comp, steps, self.rng, self.device)
@@ -354,8 +366,16 @@ class ModelBasedLoop:
                     self.save()
         finally:
             bar.close()
-            self.collector.close()
+            self.close()
         return self.history
+
+    def close(self) -> None:
+        """Close the collection envs and any envs a component holds (a model-free learner's)."""
+        self.collector.close()
+        for comp in self.components:
+            close = getattr(comp.module, "close", None)
+            if callable(close):
+                close()
 
     def _log(self, row: dict[str, float]) -> None:
         if self.logger is not None:

@@ -57,6 +57,7 @@ from agents.world_model_common import (
     eval_command,
     heldout_store,
     model_based_loop,
+    model_free_loop,
     to_torch,
     train_command,
 )
@@ -150,6 +151,10 @@ def components(
 
 def make_loop(cfg: DictConfig, run_dir: Path, logger: Any) -> tuple[ModelBasedLoop, Models]:
     models = build(cfg, *env_spaces(cfg.env))
+    if cfg.model_free:  # the in-code baseline: the same actor-critic on real steps only
+        loop = model_free_loop(cfg, run_dir, logger, actor_critic=models.actor_critic,
+                               im_cfg=models.learner.cfg)  # fmt: skip
+        return loop, models
     loop = model_based_loop(
         cfg, run_dir, logger, actor_critic=models.actor_critic, learner=models.learner,
         trained=[models.denoiser, models.reward_end, models.learner],

@@ -69,3 +69,21 @@ def test_paper_experiment_builds_the_official_denoiser_size() -> None:
     millions = sum(p.numel() for p in models.denoiser.parameters()) / 1e6
     assert abs(millions - 4.41) / 4.41 < 0.03, millions
     assert models.learner.cfg.horizon == 15 and models.learner.target is None
+
+
+def test_model_free_baseline_trains_on_real_steps_only(tmp_path: Path) -> None:
+    """model_free=true: no world model, the actor-critic's real steps follow the collection
+    budget (150 then 40 per epoch, 4 envs x 3 steps per update), rows `diamond_model_free`."""
+    proc = run_agent("train", tmp_path, *TINY, "agent.loop.epochs=2", "model_free=true",
+                     "run_dir=runs/${run_name}")  # fmt: skip
+    runs = list((tmp_path / "runs").iterdir())
+    assert [r.name for r in runs] == ["minigrid__diamond_model_free__0"]
+    rows = [json.loads(x) for x in (runs[0] / "metrics.jsonl").read_text().splitlines()]
+    assert any("train/actor_critic/loss" in r for r in rows)
+    assert not any("train/denoiser/loss" in r for r in rows)
+    with (tmp_path / "results" / "diamond" / "imagination_rl.csv").open() as f:
+        rl = list(csv.DictReader(f))
+    assert {r["agent"] for r in rl} == {"diamond_model_free"}
+    assert [int(r["env_steps"]) for r in rl] == [156, 192]  # 13 updates of 12, then 3
+    assert not (tmp_path / "results" / "diamond" / "heldout.csv").exists()
+    assert "after 192 env steps" in proc.stdout

@@ -36,6 +36,7 @@ from rl_core.model_based import (
     ModelBasedLoop,
     train_component,
 )
+from rl_core.model_free import RealEnvLearner, matched_updates
 from rl_core.rollout import RandomPolicy, StepCollector, rollout
 
 SIZE = 6  # corridor cells; frames are 8x8, the agent is a bright column
@@ -282,3 +283,83 @@ def test_loop_trains_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert history[-1]["env_steps"] == 120
     assert history[-1]["return"] == 1.0  # the greedy policy walks the corridor
     assert len(resumed.sampler) == len(resumed.store) > 0
+
+
+# ----------------------------------------------------------------------------- model-free
+
+
+def test_matched_updates_track_an_env_step_budget() -> None:
+    assert matched_updates(2000, 0, 128) == 16  # 15.6 -> 16: 2048 steps
+    assert matched_updates(2200, 2048, 128) == 1  # 1.19 -> 1
+    assert matched_updates(2400, 2176, 128) == 2  # 1.75 -> 2
+    assert matched_updates(100, 500, 64) == 0  # already past the budget
+    with pytest.raises(ValueError, match="steps_per_update"):
+        matched_updates(100, 0, 0)
+
+
+def test_real_env_learner_bootstraps_truncations_and_counts_steps() -> None:
+    ac = _corridor_ac()
+    with torch.no_grad():
+        ac.policy_head.bias.copy_(torch.tensor([30.0, -30.0]))  # always left: never terminates
+        ac.value_head.bias.fill_(2.0)  # V = 2 everywhere
+    learner = RealEnvLearner(
+        ac, [functools.partial(PixelCorridor, 3)] * 2,
+        ImaginationConfig(horizon=7, gamma=0.5, lam=1.0, target_tau=0.0),
+    )  # fmt: skip
+    traj = learner.rollout()
+    # truncated at steps 3 and 6 (0-based 2, 5): reward 0 + γ V(final) = 1.0 and the return cuts
+    expected = torch.tensor([0, 0, 1.0, 0, 0, 1.0, 0]).expand(2, 7)
+    torch.testing.assert_close(traj["rewards"], expected)
+    assert traj["ends"][0].tolist() == [False, False, True, False, False, True, False]
+    assert int(learner.env_steps) == 14 == learner.steps_per_update
+    learner.rollout()  # episodes go on across calls: the next truncation comes after 2 steps
+    assert int(learner.env_steps) == 28
+    learner.close()
+
+
+def test_real_env_learner_learns_the_corridor_from_real_steps() -> None:
+    ac = _corridor_ac()
+    learner = RealEnvLearner(
+        ac, [PixelCorridor] * 8,
+        ImaginationConfig(horizon=8, gamma=0.9, lam=0.95, entropy_weight=0.001, target_tau=0.9),
+        seed=1,
+    )  # fmt: skip
+    comp = Component("actor_critic", learner, ComponentSchedule(lr=3e-3), lambda b, rng: {},
+                     after_step=learner.after_step, needs_data=False)  # fmt: skip
+    train_component(comp, 150, np.random.default_rng(0), torch.device("cpu"))
+    learner.close()
+    assert int(learner.env_steps) == 150 * 64
+    res = rollout([PixelCorridor] * 4, ActorCriticPolicy(ac, greedy=True), episodes=2, seed=0,
+                  progress=False)  # fmt: skip
+    assert res.returns.mean() == 1.0 and res.lengths.mean() == SIZE - 1
+
+
+def test_loop_counts_a_model_free_learners_env_steps_and_resumes(tmp_path: Path) -> None:
+    def make(epochs: int) -> tuple[ModelBasedLoop, RealEnvLearner]:
+        ac = _corridor_ac()
+        learner = RealEnvLearner(ac, [PixelCorridor] * 2, ImaginationConfig(horizon=5))
+        budget = CollectConfig(first_steps=60, steps_per_epoch=20)
+        comp = Component(
+            "actor_critic", learner, ComponentSchedule(), lambda b, rng: {},
+            steps_at=lambda e: matched_updates(budget.budget_through(e), int(learner.env_steps),
+                                               learner.steps_per_update),
+            needs_data=False,
+        )  # fmt: skip
+        cfg = LoopConfig(epochs=epochs, progress=False,
+                         collect=CollectConfig(envs=1, first_steps=0, steps_per_epoch=0),
+                         eval=EvalConfig(every=1, episodes=1, envs=2))  # fmt: skip
+        loop = ModelBasedLoop(
+            cfg, components=[comp], actor_critic=ac, env_fns=[PixelCorridor],
+            eval_env_fns=[PixelCorridor] * 2, store=EpisodeStore(tmp_path / "run" / "replay"),
+            sampler=SegmentSampler(), run_dir=tmp_path / "run", device=torch.device("cpu"),
+        )  # fmt: skip
+        return loop, learner
+
+    loop, learner = make(2)
+    history = loop.run()
+    # 60 then 80 real steps budgeted, 10 per update: 6 updates, then 2
+    assert [h["env_steps"] for h in history] == [60.0, 80.0]
+    assert len(loop.store) == 0  # nothing collected into the replay store
+    resumed, learner = make(3)
+    resumed.run(resume=True)
+    assert int(learner.env_steps) == 100 and resumed.history[-1]["env_steps"] == 100.0
