@@ -22,9 +22,7 @@ from agents.diamond.evaluation import (
     denoiser_metrics,
     denoiser_windows,
     other_actions,
-    psnr,
     reward_end_metrics,
-    rollout_error_curve,
     rollout_rows,
 )
 from agents.diamond.imagination import DiamondImagination
@@ -37,6 +35,7 @@ from rl_core.actor_critic import (
 )
 from rl_core.config import to_dataclass
 from rl_core.data.segments import SegmentSampler
+from rl_core.imagination_eval import psnr, rollout_error_curve
 
 ROW_KEYS = {"metric", "model", "baseline", "value_model", "value_baseline"}
 

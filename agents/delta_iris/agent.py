@@ -78,6 +78,7 @@ from agents.world_model_common import (
     eval_command,
     heldout_store,
     model_based_loop,
+    render_command,
     to_torch,
     train_command,
 )
@@ -242,3 +243,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Reload `run_dir/checkpoints/last.pt`, evaluate the policy once more and redo the tables."""
     return eval_command(cfg, AGENT, make_loop, heldout_rows)
+
+
+def render(cfg: DictConfig) -> dict[str, Any]:
+    """An imagined rollout beside the real one (PNG strip + GIF in results/delta_iris/)."""
+    return render_command(cfg, AGENT, make_loop)

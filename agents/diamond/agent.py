@@ -47,7 +47,6 @@ from agents.diamond.denoiser import DenoiserConfig, DiamondDenoiser
 from agents.diamond.evaluation import (
     denoiser_metrics,
     reward_end_metrics,
-    rollout_error_curve,
     rollout_rows,
 )
 from agents.diamond.imagination import DiamondImagination
@@ -58,6 +57,7 @@ from agents.world_model_common import (
     heldout_store,
     model_based_loop,
     model_free_loop,
+    render_command,
     to_torch,
     train_command,
 )
@@ -69,6 +69,7 @@ from rl_core.actor_critic import (
 )
 from rl_core.config import ConfigError, to_dataclass
 from rl_core.data.segments import SegmentSampler
+from rl_core.imagination_eval import rollout_error_curve
 from rl_core.model_based import Component, ComponentSchedule, ModelBasedLoop
 
 AGENT = "diamond"
@@ -151,7 +152,9 @@ def components(
 
 def make_loop(cfg: DictConfig, run_dir: Path, logger: Any) -> tuple[ModelBasedLoop, Models]:
     models = build(cfg, *env_spaces(cfg.env))
-    if cfg.model_free:  # the in-code baseline: the same actor-critic on real steps only
+    if cfg.get(
+        "model_free", False
+    ):  # the in-code baseline: the same actor-critic on real steps only
         loop = model_free_loop(cfg, run_dir, logger, actor_critic=models.actor_critic,
                                im_cfg=models.learner.cfg)  # fmt: skip
         return loop, models
@@ -192,3 +195,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Reload `run_dir/checkpoints/last.pt`, evaluate the policy once more and redo the tables."""
     return eval_command(cfg, AGENT, make_loop, heldout_rows)
+
+
+def render(cfg: DictConfig) -> dict[str, Any]:
+    """An imagined rollout beside the real one (PNG strip + GIF in results/diamond/)."""
+    return render_command(cfg, AGENT, make_loop)

@@ -20,8 +20,6 @@ Shape legend: b batch, t time, l past frames (L), c h w a frame.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -31,16 +29,10 @@ from agents.diamond.denoiser import (
     pad_invalid_frames,
     to_model_space,
 )
-from agents.diamond.imagination import DiamondImagination
 from agents.diamond.reward_end import RewardEndModel
 from agents.world_model_common import metric_row
+from rl_core.imagination_eval import psnr
 from rl_core.nn.edm import add_noise, edm_target, precondition, sample_sigma_train
-
-
-def psnr(pred: Tensor, target: Tensor) -> float:
-    """10 log10(1 / MSE) over everything, frames in [0, 1] (MSE floored at 1e-10)."""
-    mse = (pred.float() - target.float()).pow(2).mean().clamp_min(1e-10)
-    return float(-10.0 * math.log10(mse.item()))
 
 
 def denoiser_windows(batch: dict[str, Tensor], context: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -121,37 +113,6 @@ def denoiser_metrics(
 
 
 @torch.no_grad()
-def rollout_error_curve(
-    imagination: DiamondImagination, batch: dict[str, Tensor], horizon: int
-) -> dict[str, Tensor]:
-    """Mean absolute pixel error (in [0, 1] units) of each step of a `horizon`-step imagined
-    rollout driven by the true actions, and of copying the starting frame.
-
-    `batch`: frames (b, t+1, c, h, w), action (b, t), optional mask (b, t), t > horizon; the
-    first t - horizon transitions are the burn-in, rows with a padded transition are dropped.
-    Returns {"model": (horizon,), "copy_last": (horizon,)} on the CPU."""
-    frames = as_float_frames(batch["frames"])
-    actions = batch["action"].long()
-    t = actions.shape[1]
-    if not 1 <= horizon <= t:
-        raise ValueError(f"horizon={horizon} must be in [1, {t}] (the segment's transitions)")
-    if "mask" in batch:
-        rows = batch["mask"].bool().all(dim=1)
-        if not bool(rows.any()):
-            raise ValueError("rollout_error_curve needs segments whose transitions are all valid")
-        frames, actions = frames[rows], actions[rows]
-    start = t - horizon
-    current = imagination.reset(frames[:, : start + 1], actions[:, :start])
-    first = current.float()
-    model, copy = [], []
-    for k in range(1, horizon + 1):
-        current, _, _ = imagination.step(actions[:, start + k - 1])
-        real = frames[:, start + k].to(current.device)
-        model.append((current - real).abs().mean())
-        copy.append((first - real).abs().mean())
-    return {"model": torch.stack(model).cpu(), "copy_last": torch.stack(copy).cpu()}
-
-
 def rollout_rows(curve: dict[str, Tensor]) -> list[dict]:
     """Rows of a rollout curve: the first step, the last step and the mean over steps."""
     h = len(curve["model"])

@@ -178,6 +178,19 @@ class SegmentSampler:
         batch = self._gather(episode, local, burn_in)
         return {"frames": batch["frames"], "action": batch["action"], "mask": batch["mask"]}
 
+    def windows(self, horizon: int) -> dict[str, np.ndarray]:
+        """Every segment of `horizon` transitions lying inside one episode, in store order: to
+        evaluate on all held-out data instead of a sample. Keys as :meth:`sample` (all valid)."""
+        self._build()
+        if horizon < 1:
+            raise ValueError(f"horizon must be >= 1, got {horizon}")
+        count = np.maximum(self.lengths - horizon + 1, 0)
+        if count.sum() == 0:
+            raise ValueError(f"no episode has {horizon} transitions: lower the horizon")
+        episode = np.repeat(np.arange(self.num_episodes), count)
+        local = np.concatenate([np.arange(c) for c in count])
+        return self._gather(episode, local, horizon)
+
     def __len__(self) -> int:
         return len(self._action)
 

@@ -164,6 +164,20 @@ def test_context_windows_stay_inside_episodes(tmp_path: Path) -> None:
         sampler.sample_context(4, 100, np.random.default_rng(0))
 
 
+def test_windows_enumerate_every_in_episode_segment(tmp_path: Path) -> None:
+    sampler = SegmentSampler()
+    for length in (5, 2, 3):  # frames carry their step index
+        frames = np.arange(length + 1, dtype=np.uint8)[:, None].repeat(4, 1)
+        sampler.add_episode(frames, np.arange(length), np.zeros(length), np.zeros(length, bool))
+    w = sampler.windows(3)
+    assert w["mask"].all() and w["frame_mask"].all()
+    # 3 windows in the 5-step episode, none in the 2-step one, 1 in the 3-step one, in order
+    assert w["action"].tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4], [0, 1, 2]]
+    assert w["frames"][:, :, 0].tolist() == [[0, 1, 2, 3], [1, 2, 3, 4], [2, 3, 4, 5], [0, 1, 2, 3]]
+    with pytest.raises(ValueError, match="no episode has 6"):
+        sampler.windows(6)
+
+
 def test_segment_sampler_loads_only_new_episodes(tmp_path: Path) -> None:
     store = _corridor_store(tmp_path, episodes=4)
     sampler = SegmentSampler(store)
