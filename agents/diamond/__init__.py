@@ -8,4 +8,4 @@ with λ-returns inside that imagination. Pieces: `denoiser.DiamondDenoiser` (wit
 building blocks of `rl_core.nn.edm`), `reward_end.RewardEndModel`, `imagination.
 DiamondImagination` (the models as a batched environment) and `evaluation` (held-out metrics
 against trivial baselines); the agent module's docstring lists every deviation from the
-official code (collected in `agents/diamond/DEVIATIONS.md`)."""
+official code (in the docstrings of each module)."""

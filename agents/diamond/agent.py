@@ -26,7 +26,27 @@ Deviations from the official code:
   episode (official: also from the first frames, behind grey padding);
 * the defaults are CPU-sized (configs/agent/diamond.yaml); `experiment=atari100k` holds the
   paper's sizes and schedule; model-level deviations are in the docstrings of `denoiser.py`,
-  `reward_end.py` and `imagination.py` (listed in DEVIATIONS.md of this folder).
+  `reward_end.py`, `imagination.py`, `evaluation.py` and `rl_core/nn/edm.py`;
+* `model_free=true` (official `training.model_free`): `rl_core.model_free.RealEnvLearner`, whose
+  real steps follow this run's collection budget epoch by epoch (official: its own count).
+
+Official code: `eloialonso/diamond` (main branch; `src/models/diffusion/{denoiser,inner_model,
+diffusion_sampler}.py`, `src/models/{blocks,rew_end_model}.py`, `src/envs/world_model_env.py`,
+`src/data/{batch_sampler,utils}.py`, `config/{trainer,agent/default}.yaml`). Everything here is
+re-written, not copied. Kept as the official code: EDM preconditioning with σ_data 0.5 and the
+offset-noise effective σ (√(σ² + 0.3²)) in every conditioner at training and sampling time,
+c_noise = ¼ ln σ_eff, log-normal training σ (−0.4, 1.2) clipped to [2e-3, 20], per-image-and-
+channel offset noise 0.3, L = 4 frames stacked with the noisy frame, past frames divided by
+σ_data, action embeddings (cond/L per step, flattened) added to the Fourier noise embedding and
+a Linear-SiLU-Linear cond MLP, AdaGroupNorm (x (1 + scale) + shift, max(1, c // 32) groups),
+the U-Net layout (skip concatenations, stride-2 orthogonal-init downsampling, nearest+conv
+upsampling, 2 mid self-attention ResBlocks with the residual added to the normalised input,
+zero-init second convs, attention output and output conv weight), frames in [−1, 1] inside and
+grey (0) padding, the autoregressive training step (the next target conditioned on the model's
+clamped 8-bit one-shot prediction), Karras σ grid (σ_max 5, σ_min 2e-3, ρ 7, then 0), Euler with
+3 steps, no churn, unit-variance start noise, every denoised estimate clamped and quantised;
+the reward/end model's encoder, LSTM initialisation, head and unweighted CE losses; sampled
+reward/end classes in imagination.
 
 Commands: `python -m agents.diamond train|eval [overrides]` with the same run directory,
 resume and result-table conventions as `agents.delta_iris` (`results/diamond/`).

@@ -35,6 +35,29 @@ model (`config/agent/default.yaml`, `config/trainer.yaml`):
     sampler 3 Euler steps -> ≈4.4 M parameters.
 
 Shape legend: b batch, t time (transitions), l past frames (L), c h w a frame, d cond width.
+
+Deviations from the official code (eloialonso/diamond):
+- 8-bit quantisation rounds to the nearest level (official: `.byte()` truncation, which loses
+  half a level on average and can drop an exact level through float error).
+- `compute_loss` accepts any segment of T ≥ L transitions and predicts x_L..x_T in order (each
+  one's prediction conditions the next); T = L + `num_autoregressive_steps` (`cfg.seq_len`)
+  is the official segment (L + 1 + 1 frames).
+- A target step with no valid row is skipped and the loss is the mean over the other steps
+  (official: mean over all steps, NaN if one is fully padded).
+- Padding is explicit: `frame_mask` False frames are fed as the grey frame, and decide which
+  targets are real (official `mask_padding`); without `frame_mask`, a target is real when the
+  transition into it is (`mask`), which is the same for right-padded segments.
+- Segments: `SegmentSampler.sample_left_padded` reproduces the official `BatchSampler`
+  placement (padding only before the episode start); the
+  shared `SegmentSampler.sample` (uniform starts, right padding) also works, but then an
+  episode's first L frames are never targets. The shared store keeps each episode's final
+  observation as its last frame, so the frame after a termination is a target (official: the
+  final observation is only in `info`, never a denoiser target).
+- Self-attention uses `F.scaled_dot_product_attention` (same math).
+- Defaults are CPU smoke sizes (channels [16, 32, 32], depths [1, 1, 1], cond 128: 0.44 M
+  parameters); the paper's sizes (channels [64]*4, depths [2]*4, cond 256: 4.41 M with 18
+  actions) are in the module docstring for the configs.
+- Metrics: `loss_denoising` and `targets` (number of target steps with a valid row).
 """
 
 from __future__ import annotations

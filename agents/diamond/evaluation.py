@@ -16,6 +16,12 @@ floats, the layout of `results/<agent>/heldout.csv` (the caller adds the `env` c
 PSNR here is 10 log10(1 / MSE) of the batch's mean squared error in [0, 1] units (a per-frame
 mean would be dominated by frames copied exactly, whose PSNR is infinite).
 Shape legend: b batch, t time, l past frames (L), c h w a frame.
+
+Official code comparison (eloialonso/diamond): Not in the official code (which logs losses, confusion matrices and denoising trajectories):
+denoising loss vs a zero network output, next-frame PSNR vs copy-last, action sensitivity
+  (PSNR with the true action minus PSNR with a random other action from the same noise),
+  autoregressive rollout error curve vs copying the start frame, reward non-zero recall,
+  balanced accuracy and termination recall vs chance.
 """
 
 from __future__ import annotations

@@ -17,6 +17,20 @@ Everything runs under no_grad on the models' device and never touches their trai
 every random draw, so a fixed seed replays the same imagined trajectories.
 
 Shape legend: b batch, t burn-in transitions, l past frames (L), c h w a frame.
+
+Deviations from the official code (eloialonso/diamond):
+- The framework's env protocol hands over t burn-in transitions (t + 1 frames). The
+  denoiser's buffer is the last L frames and their actions, the last slot filled by `step`;
+  burn-ins shorter than L − 1 are padded in front with the grey frame and action 0 (as the
+  training segments at an episode start). The reward/end LSTM runs over all t transitions.
+  With t = L − 1 = 3 this is exactly the official initial condition (4 frames, 3 transitions
+  of LSTM burn-in). The shared `sample_context` gives fully valid windows only, so imagination
+  never starts in an episode's first t steps (official: its 4-frame segments may be padded).
+- Horizon, truncation and what happens after an imagined termination belong to
+  `rl_core.actor_critic.ImaginationLearner` (official: dead imagined envs are reset with new
+  initial conditions mid-rollout).
+- `sample_reward_end=False` takes argmax classes (official: always sampled).
+- No `torch.compile` of the imagination step (the agent may add it on GPU).
 """
 
 from __future__ import annotations
@@ -76,11 +90,20 @@ class DiamondImagination:
     def manual_seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
 
+    def _follow_device(self) -> None:
+        """The models were moved (e.g. to CUDA after `build`): draw the noise there too, from a
+        generator seeded by the old one (so a fixed seed still replays the same draws)."""
+        if self.generator.device != self.device:
+            seed = int(torch.randint(2**62, (1,), generator=self.generator).item())
+            self.generator = torch.Generator(device=self.device)
+            self.generator.manual_seed(seed)
+
     @torch.no_grad()
     def reset(self, frames: Tensor, actions: Tensor) -> Tensor:
         """Burn in on real frames (b, t+1, c, h, w) and actions (b, t), t >= 0, all valid.
 
         Returns the current frame frames[:, -1] (b c h w) as float in [0, 1]."""
+        self._follow_device()
         frames = as_float_frames(frames.to(self.device))
         actions = actions.to(self.device).long()
         b, t = actions.shape

@@ -16,6 +16,18 @@ paper (`config/agent/default.yaml`, `config/trainer.yaml`): cond_dim 128, channe
 depths [2]*4, attn_depths [false]*4, lstm_dim 512, segments of 19 = burn-in 4 + horizon 15.
 
 Shape legend: b batch, t time (transitions), c h w a frame, d cond width, k classes.
+
+Deviations from the official code (eloialonso/diamond):
+- Segments come from the shared sampler (`sample_left_padded` pads only before the start;
+  official rew/end segments may also run past the episode end, `can_sample_beyond_end`). The
+  real final frame is in the segment already (official: swaps `info["final_observation"]` in
+  for the grey padding at a death).
+- `loss_burn_in` (default 0 = official: every valid step counts) can leave the first steps of
+  a segment out of the loss.
+- Training metrics: losses and reward/end accuracies (official: torcheval confusion matrices,
+  precision/recall/F1 per class); held-out recalls are in `evaluation.py`.
+- The LSTM input size is computed with ceil(s / 2) per stride-2 level (official assumes powers
+  of two).
 """
 
 from __future__ import annotations
