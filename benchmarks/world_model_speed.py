@@ -76,7 +76,7 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -108,15 +108,23 @@ TINY = {  # for tests/test_world_model_speed_bench.py: seconds, not minutes
                  "world_model": {"batch_size": 4, "seq_len": 3},
                  "actor_critic": {"batch_size": 4}},
 }  # fmt: skip
-SIZES = {  # overlay on configs/agent/delta_iris.yaml (a file's `agent:` or a dict), env spaces
-    "small": {"overlay": None, "num_actions": 3, "image_shape": (3, 32, 32)},
-    "paper": {
-        "overlay": "configs/scoped/delta_iris/experiment/atari100k.yaml",
-        "num_actions": 6,
-        "image_shape": (3, 64, 64),
-    },
-    "tiny": {"overlay": TINY, "num_actions": 3, "image_shape": (3, 16, 16)},
-}
+
+
+def size_table(agent: str, tiny: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """small / paper / tiny: an overlay on configs/agent/<agent>.yaml (None, a file whose
+    `agent:` is merged, or a dict) and the env spaces."""
+    return {
+        "small": {"overlay": None, "num_actions": 3, "image_shape": (3, 32, 32)},
+        "paper": {
+            "overlay": f"configs/scoped/{agent}/experiment/atari100k.yaml",
+            "num_actions": 6,
+            "image_shape": (3, 64, 64),
+        },
+        "tiny": {"overlay": tiny, "num_actions": 3, "image_shape": (3, 16, 16)},
+    }
+
+
+SIZES = size_table("delta_iris", TINY)
 DIAMOND_TINY = {  # for tests/test_world_model_speed_bench.py
     "denoiser": {"cond_dim": 16, "channels": [8, 8], "depths": [1, 1],
                  "attn_depths": [False, False], "mid_attention": False},
@@ -127,15 +135,7 @@ DIAMOND_TINY = {  # for tests/test_world_model_speed_bench.py
     "training": {"denoiser": {"batch_size": 4}, "reward_end": {"batch_size": 4, "seq_len": 4},
                  "actor_critic": {"batch_size": 4}},
 }  # fmt: skip
-DIAMOND_SIZES = {  # overlay on configs/agent/diamond.yaml
-    "small": {"overlay": None, "num_actions": 3, "image_shape": (3, 32, 32)},
-    "paper": {
-        "overlay": "configs/scoped/diamond/experiment/atari100k.yaml",
-        "num_actions": 6,
-        "image_shape": (3, 64, 64),
-    },
-    "tiny": {"overlay": DIAMOND_TINY, "num_actions": 3, "image_shape": (3, 16, 16)},
-}
+DIAMOND_SIZES = size_table("diamond", DIAMOND_TINY)
 AGENTS = {  # agent -> (its config file, its sizes)
     "delta_iris": ("configs/agent/delta_iris.yaml", SIZES),
     "diamond": ("configs/agent/diamond.yaml", DIAMOND_SIZES),
@@ -466,43 +466,111 @@ def measure(
     return fn(size, device, compile, bf16, steps, threads, parts)
 
 
-def measure_delta_iris(
-    size: str,
-    device: torch.device,
-    compile: bool,
-    bf16: bool,
-    steps: int,
-    threads: int,
-    parts: tuple[str, ...] = PARTS,
-) -> dict[str, Any]:
-    """One Δ-IRIS row: every component's training speed and the imagination speeds, same
-    models."""
-    cfg = load_config(size)
+class RowSetup(NamedTuple):
+    """What every agent's row starts from: its config, schedules, warm-up steps, autocast,
+    imagination shape (horizon, burn-in, actor-critic batch) and the row itself."""
+
+    agent: str
+    size: str
+    device: torch.device
+    cfg: DictConfig
+    sched: dict[str, ComponentSchedule]
+    warmup: int
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    horizon: int
+    burn_in: int
+    b_ac: int
+    row: dict[str, Any]
+
+    def inputs(self, rng: np.random.Generator) -> tuple[dict[str, Tensor], Tensor]:
+        """The imagination's burn-in context (frames, action) and its (horizon, b) actions."""
+        context_np = synthetic(self.size, self.b_ac, self.burn_in, rng, self.agent)
+        context = {k: v for k, v in to_torch(context_np, self.device).items()
+                   if k in ("frames", "action")}  # fmt: skip
+        gen = torch.Generator().manual_seed(1)
+        num_actions = AGENTS[self.agent][1][self.size]["num_actions"]
+        shape = (self.horizon, self.b_ac)
+        step_actions = torch.randint(0, num_actions, shape, generator=gen).to(self.device)
+        return context, step_actions
+
+
+def prepare_row(
+    agent: str, size: str, device: torch.device, compile: bool, bf16: bool, steps: int,
+    threads: int, parts: tuple[str, ...], names: tuple[str, ...], extra: dict[str, Any],
+) -> RowSetup:  # fmt: skip
+    """Config, schedules of `names`, compile set-up and the row (`extra` fields, then empty
+    warmup_s and errors) for one row of `agent`."""
+    cfg = load_config(size, agent)
     a = cfg.agent
-    sched = schedules(cfg, bf16)
+    sched = schedules(cfg, bf16, names)
     warmup = 2 if compile else 1
     setup_compile(compile)
-    autocast = bf16_autocast(bf16)
-    horizon, burn_in = int(a.imagination.horizon), int(a.imagination.burn_in)
-    b_ac = sched["actor_critic"].batch_size
-    row = base_row("delta_iris", size, device, compile, bf16, threads, parts, steps, warmup)
+    row = base_row(agent, size, device, compile, bf16, threads, parts, steps, warmup)
+    row.update({**extra, "warmup_s": {}, "errors": {}})
+    return RowSetup(
+        agent, size, device, cfg, sched, warmup, bf16_autocast(bf16),
+        int(a.imagination.horizon), int(a.imagination.burn_in),
+        sched["actor_critic"].batch_size, row,
+    )  # fmt: skip
+
+
+def build_models(s: RowSetup, make: Callable[..., Any], compile: bool) -> Any:
+    """`make(cfg, size, device, compile)`, or None with the error under errors["build"]."""
+    try:
+        return make(s.cfg, s.size, s.device, compile)
+    except Exception as e:  # noqa: BLE001
+        s.row["errors"]["build"] = error_string(e)
+        return None
+
+
+def time_training(s: RowSetup, component: Component, steps: int) -> None:
+    """The component's training steps/s and warm-up seconds into the row (or its error), then
+    its optimiser state freed."""
+    name = component.name
+    try:
+        speed, warm = train_speed(component, steps, s.warmup, s.device)
+        s.row[f"{name}_steps_per_s"], s.row["warmup_s"][name] = speed, warm
+    except Exception as e:  # noqa: BLE001
+        s.row["errors"][name] = error_string(e)
+    component.optimizer = None  # free the optimiser state
+
+
+def time_imagination(
+    s: RowSetup, key: str, env: Any, context: dict[str, Tensor], step_actions: Tensor,
+    steps: int, before: Callable[[], None] | None = None,
+) -> None:  # fmt: skip
+    """`env`'s imagined env-steps/s and warm-up seconds into the row under `key` (or its
+    error); `before` runs first, inside the same error guard."""
+    try:
+        if before is not None:
+            before()
+        speed, warm = imagination_speed(
+            env, context, step_actions, steps, s.warmup, s.device, s.autocast
+        )
+        s.row[key], s.row["warmup_s"][key.replace("_steps_per_s", "")] = speed, warm
+    except Exception as e:  # noqa: BLE001
+        s.row["errors"][key] = error_string(e)
+
+
+def measure_delta_iris(
+    size: str, device: torch.device, compile: bool, bf16: bool, steps: int, threads: int,
+    parts: tuple[str, ...] = PARTS,
+) -> dict[str, Any]:  # fmt: skip
+    """One Δ-IRIS row: every component's training speed and the imagination speeds, same
+    models."""
+    extra = {"cached_vs_naive": None, "logits_max_abs_diff_first_step": None,
+             "logits_max_abs_diff_all_steps": None}  # fmt: skip
+    s = prepare_row("delta_iris", size, device, compile, bf16, steps, threads, parts,
+                    COMPONENTS, extra)  # fmt: skip
+    sched, row, b_ac = s.sched, s.row, s.b_ac
     row["shapes"].update({
         "tokenizer": [sched["tokenizer"].batch_size, sched["tokenizer"].seq_len],
         "world_model": [sched["world_model"].batch_size, sched["world_model"].seq_len],
-        "actor_critic": [b_ac, burn_in, horizon],
-        "imagination": [b_ac, burn_in, horizon],
+        "actor_critic": [b_ac, s.burn_in, s.horizon],
+        "imagination": [b_ac, s.burn_in, s.horizon],
     })  # fmt: skip
-    row.update({
-        "cached_vs_naive": None,
-        "logits_max_abs_diff_first_step": None,
-        "logits_max_abs_diff_all_steps": None,
-        "warmup_s": {},
-        "errors": {},
-    })  # fmt: skip
-    try:
-        models = make_models(cfg, size, device, compile)
-    except Exception as e:  # noqa: BLE001
-        row["errors"]["build"] = error_string(e)
+    models = build_models(s, make_models, compile)
+    if models is None:
         return row
     rng = np.random.default_rng(0)
 
@@ -517,16 +585,11 @@ def measure_delta_iris(
 
         return sample
 
-    context_np = synthetic(size, b_ac, burn_in, rng)
-    context = {k: v for k, v in to_torch(context_np, device).items() if k in ("frames", "action")}
-    gen = torch.Generator().manual_seed(1)
-    step_actions = torch.randint(
-        0, SIZES[size]["num_actions"], (horizon, b_ac), generator=gen
-    ).to(device)  # fmt: skip
+    context, step_actions = s.inputs(rng)
 
     # the check first: it also warms the imagination paths up (compilation)
     try:
-        first, every = logit_agreement(models, context, step_actions, autocast)
+        first, every = logit_agreement(models, context, step_actions, s.autocast)
         row["logits_max_abs_diff_first_step"] = first
         row["logits_max_abs_diff_all_steps"] = every
     except Exception as e:  # noqa: BLE001
@@ -549,33 +612,20 @@ def measure_delta_iris(
             "actor_critic",
             models.learner,
             sched["actor_critic"],
-            fixed("actor_critic", burn_in),
+            fixed("actor_critic", s.burn_in),
             after_step=models.learner.after_step,
         ),  # fmt: skip
     }
     for name, component in components.items():
-        if name not in parts:
-            continue
-        try:
-            speed, warm = train_speed(component, steps, warmup, device)
-            row[f"{name}_steps_per_s"], row["warmup_s"][name] = speed, warm
-        except Exception as e:  # noqa: BLE001
-            row["errors"][name] = error_string(e)
-        component.optimizer = None  # free the optimiser state
+        if name in parts:
+            time_training(s, component, steps)
 
-    for key, env in (
-        ("imagined_env_steps_per_s", models.imagination),
-        ("imagined_env_steps_per_s_naive", NaiveImagination(models.tokenizer, models.world_model)),
-    ):
-        if "imagination" not in parts:
-            break
-        try:
-            speed, warm = imagination_speed(
-                env, context, step_actions, steps, warmup, device, autocast
-            )
-            row[key], row["warmup_s"][key.replace("_steps_per_s", "")] = speed, warm
-        except Exception as e:  # noqa: BLE001
-            row["errors"][key] = error_string(e)
+    if "imagination" in parts:
+        naive = NaiveImagination(models.tokenizer, models.world_model)
+        time_imagination(s, "imagined_env_steps_per_s", models.imagination, context,
+                         step_actions, steps)  # fmt: skip
+        time_imagination(s, "imagined_env_steps_per_s_naive", naive, context, step_actions,
+                         steps)  # fmt: skip
     if row["imagined_env_steps_per_s"] and row["imagined_env_steps_per_s_naive"]:
         row["cached_vs_naive"] = (
             row["imagined_env_steps_per_s"] / row["imagined_env_steps_per_s_naive"]
@@ -608,46 +658,27 @@ def denoiser_calls_per_step(
 
 
 def measure_diamond(
-    size: str,
-    device: torch.device,
-    compile: bool,
-    bf16: bool,
-    steps: int,
-    threads: int,
+    size: str, device: torch.device, compile: bool, bf16: bool, steps: int, threads: int,
     parts: tuple[str, ...] = DIAMOND_PARTS,
-) -> dict[str, Any]:
+) -> dict[str, Any]:  # fmt: skip
     """One DIAMOND row: denoiser, reward/end and actor-critic training speeds, and imagined
     env-steps/s with the sampler at each of SAMPLER_STEPS, same models."""
-    cfg = load_config(size, "diamond")
-    a = cfg.agent
     names = diamond_agent.COMPONENTS
-    sched = schedules(cfg, bf16, names)
-    warmup = 2 if compile else 1
-    setup_compile(compile)
-    autocast = bf16_autocast(bf16)
-    horizon, burn_in = int(a.imagination.horizon), int(a.imagination.burn_in)
-    b_ac = sched["actor_critic"].batch_size
-    row = base_row("diamond", size, device, compile, bf16, threads, parts, steps, warmup)
-    row.update({
-        "sampler_3_vs_1_cost": None,
-        "sampler_steps": list(SAMPLER_STEPS),
-        "actor_critic_sampler_steps": int(a.imagination_sampler_steps),
-        "denoiser_calls_per_step": {},
-        "warmup_s": {},
-        "errors": {},
-    })  # fmt: skip
-    try:
-        models = make_diamond_models(cfg, size, device, compile)
-    except Exception as e:  # noqa: BLE001
-        row["errors"]["build"] = error_string(e)
+    extra = {"sampler_3_vs_1_cost": None, "sampler_steps": list(SAMPLER_STEPS),
+             "actor_critic_sampler_steps": None, "denoiser_calls_per_step": {}}  # fmt: skip
+    s = prepare_row("diamond", size, device, compile, bf16, steps, threads, parts, names, extra)
+    sched, row, b_ac = s.sched, s.row, s.b_ac
+    row["actor_critic_sampler_steps"] = int(s.cfg.agent.imagination_sampler_steps)
+    models = build_models(s, make_diamond_models, compile)
+    if models is None:
         return row
     seq_len = {"denoiser": models.denoiser.cfg.seq_len,
-               "reward_end": sched["reward_end"].seq_len, "actor_critic": burn_in}  # fmt: skip
+               "reward_end": sched["reward_end"].seq_len, "actor_critic": s.burn_in}  # fmt: skip
     row["shapes"].update({
         "denoiser": [sched["denoiser"].batch_size, seq_len["denoiser"]],
         "reward_end": [sched["reward_end"].batch_size, seq_len["reward_end"]],
-        "actor_critic": [b_ac, burn_in, horizon],
-        "imagination": [b_ac, burn_in, horizon],
+        "actor_critic": [b_ac, s.burn_in, s.horizon],
+        "imagination": [b_ac, s.burn_in, s.horizon],
     })  # fmt: skip
     rng = np.random.default_rng(0)
 
@@ -657,42 +688,27 @@ def measure_diamond(
             data = {k: data[k] for k in ("frames", "action", "mask")}
         return lambda batch_size, _: to_torch(data, device)  # host -> device, as in the loop
 
-    context_np = synthetic(size, b_ac, burn_in, rng, "diamond")
-    context = {k: v for k, v in to_torch(context_np, device).items() if k in ("frames", "action")}
-    gen = torch.Generator().manual_seed(1)
-    step_actions = torch.randint(
-        0, DIAMOND_SIZES[size]["num_actions"], (horizon, b_ac), generator=gen
-    ).to(device)  # fmt: skip
+    context, step_actions = s.inputs(rng)
 
     modules = {"denoiser": models.denoiser, "reward_end": models.reward_end,
                "actor_critic": models.learner}  # fmt: skip
     for name in names:
-        if name not in parts:
-            continue
-        after = models.learner.after_step if name == "actor_critic" else None
-        component = Component(name, modules[name], sched[name], fixed(name), after_step=after)
-        try:
-            speed, warm = train_speed(component, steps, warmup, device)
-            row[f"{name}_steps_per_s"], row["warmup_s"][name] = speed, warm
-        except Exception as e:  # noqa: BLE001
-            row["errors"][name] = error_string(e)
-        component.optimizer = None  # free the optimiser state
+        if name in parts:
+            after = models.learner.after_step if name == "actor_critic" else None
+            time_training(
+                s, Component(name, modules[name], sched[name], fixed(name), after_step=after),
+                steps,
+            )  # fmt: skip
 
-    for n in SAMPLER_STEPS:
-        if "imagination" not in parts:
-            break
-        key = sampler_key(n)
+    for n in SAMPLER_STEPS if "imagination" in parts else ():
         env = DiamondImagination(models.denoiser, models.reward_end, n_steps=n, seed=0)
-        try:
+
+        def count(n: int = n, env: DiamondImagination = env) -> None:
             row["denoiser_calls_per_step"][str(n)] = denoiser_calls_per_step(
-                models, env, context, step_actions[0], autocast
+                models, env, context, step_actions[0], s.autocast
             )
-            speed, warm = imagination_speed(
-                env, context, step_actions, steps, warmup, device, autocast
-            )
-            row[key], row["warmup_s"][key.replace("_steps_per_s", "")] = speed, warm
-        except Exception as e:  # noqa: BLE001
-            row["errors"][key] = error_string(e)
+
+        time_imagination(s, sampler_key(n), env, context, step_actions, steps, before=count)
     one, three = row[sampler_key(1)], row[sampler_key(3)]
     if one and three:
         row["sampler_3_vs_1_cost"] = one / three
