@@ -87,3 +87,15 @@ def test_model_free_baseline_trains_on_real_steps_only(tmp_path: Path) -> None:
     assert [int(r["env_steps"]) for r in rl] == [156, 192]  # 13 updates of 12, then 3
     assert not (tmp_path / "results" / "diamond" / "heldout.csv").exists()
     assert "after 192 env steps" in proc.stdout
+
+
+def test_atari_breakout_runs_end_to_end(tmp_path: Path) -> None:
+    """env=atari game=Breakout: async Atari envs, 4 actions, the Atari 100k preprocessing (frames
+    at 32 px here to stay cheap), both tables written."""
+    run_agent("train", tmp_path, *TINY, "env=atari", "game=Breakout", "env.image_size=32",
+              "agent.loop.epochs=1", "agent.loop.eval.envs=1", "agent.loop.eval.every=0",
+              "agent.heldout.rollout_steps=4")  # fmt: skip
+    with (tmp_path / "results" / "diamond" / "heldout.csv").open() as f:
+        held = list(csv.DictReader(f))
+    assert {r["env"] for r in held} == {"atari/Breakout"}
+    assert all(r["value_model"] not in ("nan", "") for r in held)
