@@ -10,8 +10,12 @@ gym API (reset -> obs, step -> 4-tuple), so this wrapper gives it gymnasium's AP
 * `terminated` when the player dies, `truncated` at `length` steps (10000, as the paper and
   Δ-IRIS's `TimeLimit`);
 * seeding: `reset(seed=s)` reseeds the env's generator; every reset draws the world seed from it,
-  so a seeded reset and the resets after it are reproducible (the package hashes (seed, episode)
-  instead, which is only reproducible per process);
+  so a seeded reset and the resets after it are reproducible, in any process (the package hashes
+  (seed, episode) with its own episode counter instead). The package also picks which creature to
+  despawn by index into a list built from a `set` of objects (`Env._balance_object`), whose order
+  follows the objects' memory addresses: episodes then diverge between two envs with the same seed,
+  even in one process. :class:`CrafterEnv` hands that method the set sorted by position, which draws
+  from the same distribution in a fixed order;
 * `info`: `achievement_<name>` counts for the 22 achievements in this episode (the key names of
   crafter's own `Recorder`), plus `inventory`, `discount`, `player_pos`; the per-step
   `semantic` map is dropped (a 64x64 array per step that vector envs would copy around).
@@ -30,6 +34,7 @@ Random-policy episodes are short, so without numba resets dominate (~110 steps/s
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -76,6 +81,27 @@ def _import_crafter() -> Any:
     return crafter
 
 
+def _position(obj: Any) -> tuple[int, int]:
+    return int(obj.pos[0]), int(obj.pos[1])
+
+
+@functools.cache
+def _crafter_env_class() -> type:
+    """`crafter.Env` whose creature balancing iterates a chunk's objects in a fixed order."""
+    crafter = _import_crafter()
+
+    class _Env(crafter.Env):
+        # crafter (1.8.3, env.py `_balance_object`): `creatures = [obj for obj in objs if ...]`
+        # over the chunk's `set` of objects, then `creatures[random.randint(0, len(creatures))]`
+        # picks the one to despawn; a set of objects iterates in memory-address order, so the
+        # pick differed between runs with the same seed. One object per cell: positions are
+        # unique keys.
+        def _balance_object(self, chunk: Any, objs: Any, *args: Any) -> Any:
+            return super()._balance_object(chunk, sorted(objs, key=_position), *args)
+
+    return _Env
+
+
 class CrafterEnv(gym.Env):
     """Crafter with gymnasium's API; see the module docstring."""
 
@@ -95,8 +121,14 @@ class CrafterEnv(gym.Env):
         self.render_mode = render_mode
         self.length = int(length)
         crafter = _import_crafter()
-        self._env = crafter.Env(
-            area=tuple(area), view=tuple(view), size=(size, size), reward=reward, length=length
+        # seed=0: without one, crafter draws it from the global `np.random` (reset replaces it)
+        self._env = _crafter_env_class()(
+            area=tuple(area),
+            view=tuple(view),
+            size=(size, size),
+            reward=reward,
+            length=length,
+            seed=0,
         )
         self.observation_space = spaces.Box(0, 255, (size, size, 3), np.uint8)
         self.action_space = spaces.Discrete(len(crafter.constants.actions))
