@@ -66,10 +66,13 @@ def env_fns(env_cfg: DictConfig | dict, n: int, *, evaluation: bool = False) -> 
 
 
 def env_label(env_cfg: DictConfig | dict) -> str:
-    """Row label in the result tables: `atari/Pong`, `MiniGrid-Empty-5x5-v0@32px`, `crafter`."""
+    """Row label in the result tables: `atari/Pong`, `MiniGrid-Empty-5x5-v0@32px_pixels`,
+    `crafter`; Atari and Crafter frames other than the paper's 64x64 add `@<size>px`."""
     name = env_cfg["name"]
-    if name == "atari":
-        return f"atari/{env_cfg['game']}"
+    if name in ("atari", "crafter"):
+        label = f"atari/{env_cfg['game']}" if name == "atari" else "crafter"
+        size = int(env_cfg.get("image_size" if name == "atari" else "size", 64))
+        return label if size == 64 else f"{label}@{size}px"
     if name == "minigrid":
         return f"{env_cfg['env_id']}@{env_cfg['image_size']}px_{env_cfg['obs_type']}"
     if name == "procgen":
@@ -304,10 +307,26 @@ def report(
     return summary
 
 
+def refuse_stale_run(cfg: DictConfig) -> None:
+    """A fresh `train` (resume=false) in a run dir that holds an earlier run's checkpoint or
+    replay buffer would mix its old episodes into the new run's data: refuse, say what to do."""
+    if cfg.resume:
+        return
+    run_dir = Path(cfg.run_dir)
+    stale = [p for p in (run_dir / "checkpoints" / "last.pt", run_dir / "replay") if p.exists()]
+    if stale:
+        raise ConfigError(
+            f"run_dir={run_dir} already holds {' and '.join(str(p) for p in stale)} from an "
+            "earlier run: pass resume=true to continue it, or another run_dir (or delete this "
+            "one) for a fresh run"
+        )
+
+
 def train_command(
     cfg: DictConfig, agent: str, make_loop: MakeLoop, heldout_rows: HeldoutRows
 ) -> dict[str, Any]:
     """`train`: run the loop in `cfg.run_dir` (resuming if asked), then write the tables."""
+    refuse_stale_run(cfg)
     run_dir = setup_run(cfg)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     logger_cfg = to_dataclass(cfg.logger, LoggerConfig, "logger")

@@ -138,3 +138,34 @@ def test_paper_experiments_build_the_official_sizes(experiment: str) -> None:
     if experiment == "atari100k":
         assert abs(millions["tokenizer"] - 4.13) / 4.13 < 0.03, millions
     assert models.learner.cfg.horizon == (20 if experiment == "atari100k" else 15)
+
+
+@pytest.mark.parametrize("agent", ["delta_iris", "diamond"])
+def test_cpu_profile_follows_the_env_and_yields_to_experiments(agent: str) -> None:
+    """64x64-frame envs get 32x32 frames by default (cpu_profile/<env>.yaml); the paper
+    experiments and an explicit override get 64x64; the result label says which."""
+    from hydra import compose, initialize_config_module
+
+    from agents.world_model_common import env_label
+
+    def env_of(*overrides: str):
+        with initialize_config_module("configs", version_base="1.3"):
+            return compose(agent, overrides=list(overrides))
+
+    cfg = env_of("env=atari", "game=Pong")
+    assert cfg.env.image_size == 32 and cfg.agent.loop.eval.episodes == 2
+    assert env_label(cfg.env) == "atari/Pong@32px"
+    assert env_of("env=atari", "game=Pong", "env.image_size=64").env.image_size == 64
+    paper = env_of("env=atari", "game=Pong", "experiment=atari100k")
+    assert paper.env.image_size == 64 and env_label(paper.env) == "atari/Pong"
+    assert env_of("env=crafter").env.size == 32
+    assert env_of().env.image_size == 32 and env_of().agent.loop.eval.episodes == 8  # MiniGrid
+    if agent == "delta_iris":
+        assert env_of("experiment=crafter").env.size == 64
+
+
+def test_fresh_train_refuses_an_earlier_runs_replay(tmp_path: Path) -> None:
+    (tmp_path / "run" / "replay").mkdir(parents=True)
+    proc = run_agent("train", tmp_path, *TINY, ok=False)
+    assert proc.returncode == 2 and "pass resume=true" in proc.stderr
+    assert "run" in proc.stderr and "replay" in proc.stderr

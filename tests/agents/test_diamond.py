@@ -97,5 +97,5 @@ def test_atari_breakout_runs_end_to_end(tmp_path: Path) -> None:
               "agent.heldout.rollout_steps=4")  # fmt: skip
     with (tmp_path / "results" / "diamond" / "heldout.csv").open() as f:
         held = list(csv.DictReader(f))
-    assert {r["env"] for r in held} == {"atari/Breakout"}
+    assert {r["env"] for r in held} == {"atari/Breakout@32px"}
     assert all(r["value_model"] not in ("nan", "") for r in held)
