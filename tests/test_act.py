@@ -274,3 +274,19 @@ def test_summary_table_gives_mean_and_t_interval_over_seeds() -> None:
     table = act.summary_table(rows).splitlines()
     assert table[0] == "| env | demos | chunk k | open_loop | replan | ensemble | n |"
     assert table[2] == "| e | noisy | 10 | – | – | 60 ± 25 | 3 |"
+
+
+def test_paper_experiment_builds_acts_sizes(tmp_path: Path) -> None:
+    """experiment=paper (configs/scoped/act/): k = 100, width 512, 4 + 7 + 4 layers; the
+    transformers alone are ~72 M parameters (ACT reports ~80 M with its ResNet18 backbone)."""
+    from rl_core.config import to_dataclass
+
+    cfg = config(tmp_path, "experiment=paper", "env=aloha_transfer_cube")
+    acfg = to_dataclass(cfg.agent, act.ACTConfig, "agent")
+    assert (acfg.chunk_size, acfg.hidden_dim, acfg.n_decoder_layers) == (100, 512, 7)
+    assert cfg.train.batch_size == 8 and cfg.train.lr == 1e-5
+    model = act.ACTModel(acfg, image_shape=(3, 48, 64), proprio_dim=14, action_dim=14)
+    millions = sum(p.numel() for p in model.parameters()) / 1e6
+    backbone = sum(p.numel() for p in model.backbone.parameters()) / 1e6
+    assert len(model.decoder) == 7
+    assert 68 < millions - backbone < 76 and 70 < millions < 85, (millions, backbone)
