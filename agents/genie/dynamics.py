@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from rl_core.nn.maskgit import masked_token_loss, maskgit_decode, sample_training_mask
-from rl_core.nn.st_transformer import STConfig, STTransformer
+from rl_core.nn.st_transformer import STConfig, STTransformer, st_config_like
 
 
 @dataclass
@@ -87,18 +87,7 @@ class DynamicsConfig:
 
     def st_config(self) -> STConfig:
         extra = 1 if self.action_mode == "token" else 0
-        return STConfig(
-            d_model=self.d_model,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            ffn_mult=self.ffn_mult,
-            dropout=self.dropout,
-            max_frames=self.max_frames,
-            max_tokens_per_frame=self.tokens_per_frame + extra,
-            qk_norm=self.qk_norm,
-            pos=self.pos,
-            causal=True,
-        )
+        return st_config_like(self, max_tokens_per_frame=self.tokens_per_frame + extra, causal=True)
 
 
 class DynamicsModel(nn.Module):

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from agents.genie.patches import check_patchable, patchify, unpatchify
 from rl_core.nn.convnet import as_float_frames
-from rl_core.nn.st_transformer import STConfig, STTransformer
+from rl_core.nn.st_transformer import STConfig, STTransformer, st_config_like
 from rl_core.nn.vq_st import VectorQuantizer
 
 
@@ -100,16 +100,7 @@ class LAMConfig:
         )
 
     def st_config(self) -> STConfig:
-        return STConfig(
-            d_model=self.d_model,
-            n_layer=self.n_layer,
-            n_head=self.n_head,
-            ffn_mult=self.ffn_mult,
-            dropout=self.dropout,
-            max_frames=self.max_frames,
-            max_tokens_per_frame=self.tokens_per_frame,
-            causal=True,
-        )
+        return st_config_like(self, max_tokens_per_frame=self.tokens_per_frame, causal=True)
 
 
 class LatentActionModel(nn.Module):

@@ -56,7 +56,7 @@ from torch import Tensor, nn
 
 from agents.genie.patches import check_patchable, patchify, unpatchify
 from rl_core.nn.convnet import as_float_frames
-from rl_core.nn.st_transformer import STConfig, STTransformer
+from rl_core.nn.st_transformer import STConfig, STTransformer, st_config_like
 from rl_core.nn.vq_st import VectorQuantizer
 
 __all__ = ["TokenizerConfig", "VideoTokenizer", "psnr_from_mse"]
@@ -101,22 +101,13 @@ class TokenizerConfig:
 
     def st_config(self, decoder: bool = False) -> STConfig:
         """The encoder's (or decoder's) ST-transformer: causal in time, one position per patch."""
-        d, n_layer, n_head = self.d_model, self.n_layer, self.n_head
+        sizes = {}
         if decoder:
-            d = self.dec_d_model or d
-            n_layer = self.dec_n_layer or n_layer
-            n_head = self.dec_n_head or n_head
-        return STConfig(
-            d_model=d,
-            n_layer=n_layer,
-            n_head=n_head,
-            ffn_mult=self.ffn_mult,
-            dropout=self.dropout,
-            max_frames=self.max_frames,
-            max_tokens_per_frame=self.tokens_per_frame,
-            qk_norm=self.qk_norm,
-            pos=self.pos,
-            causal=True,
+            sizes = {"d_model": self.dec_d_model or self.d_model,
+                     "n_layer": self.dec_n_layer or self.n_layer,
+                     "n_head": self.dec_n_head or self.n_head}  # fmt: skip
+        return st_config_like(
+            self, max_tokens_per_frame=self.tokens_per_frame, causal=True, **sizes
         )
 
     @classmethod

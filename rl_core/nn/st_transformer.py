@@ -36,8 +36,10 @@ Shape legend: b batch, t frames, n tokens per frame, d width, h heads, e head wi
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +67,16 @@ class STConfig:
             raise ValueError(f"d_model={self.d_model} must be divisible by n_head={self.n_head}")
         if self.pos not in ("learned", "sinusoidal", "none"):
             raise ValueError(f"pos={self.pos!r}: expected one of learned, sinusoidal, none")
+
+
+def st_config_like(cfg: Any, **overrides: Any) -> STConfig:
+    """An `STConfig` from every field a component's config shares with it by name (d_model,
+    n_layer, n_head, ffn_mult, dropout, max_frames, qk_norm, pos, ...), then `overrides`: the
+    Genie components keep their ST sizes as flat fields of their own configs."""
+    shared = {
+        f.name: getattr(cfg, f.name) for f in dataclasses.fields(STConfig) if hasattr(cfg, f.name)
+    }
+    return STConfig(**{**shared, **overrides})
 
 
 class Attention(nn.Module):
