@@ -280,7 +280,7 @@ def load_checkpoint(cfg: DictConfig, device: torch.device) -> tuple[Models, dict
     if not path.exists():
         raise ConfigError(f"no checkpoint at {path}: run `python -m agents.genie train` first "
                           f"(run_dir={cfg.run_dir})")  # fmt: skip
-    state = torch.load(path, map_location=device, weights_only=False)
+    state = torch.load(path, map_location=device, weights_only=True)
     saved = OmegaConf.merge(cfg, {"agent": state["agent"]})
     models = build(saved).to(device)
     for k, m in models.modules().items():
@@ -308,7 +308,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     rng = np.random.default_rng(int(cfg.seed))
     done = dict.fromkeys(PARTS, 0)
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
+        state = torch.load(ckpt, map_location=device, weights_only=True)
         for k, m in models.modules().items():
             m.load_state_dict(state["models"][k])
         for k, c in comps.items():
@@ -316,7 +316,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                 c.optimizer.load_state_dict(state["optimizers"][k])
         done.update(state["done"])
         rng.bit_generator.state = state["rng"]
-        torch.set_rng_state(state["torch_rng"])
+        torch.set_rng_state(state["torch_rng"].cpu())
         print(f"resumed from {ckpt}: " + ", ".join(f"{k} {v}" for k, v in done.items()))
     tr = cfg.agent.training
     log_every, ckpt_every = max(int(tr.log_every), 1), max(int(tr.ckpt_every), 1)
