@@ -93,9 +93,10 @@ class DiamondImagination:
     def _follow_device(self) -> None:
         """The models were moved (e.g. to CUDA after `build`): draw the noise there too, from a
         generator seeded by the old one (so a fixed seed still replays the same draws)."""
-        if self.generator.device != self.device:
-            seed = int(torch.randint(2**62, (1,), generator=self.generator).item())
-            self.generator = torch.Generator(device=self.device)
+        g, dev = self.generator.device, self.device
+        if g.type != dev.type or (g.index or 0) != (dev.index or 0):  # "cuda" is "cuda:0"
+            seed = int(torch.randint(2**62, (1,), generator=self.generator, device=g).item())
+            self.generator = torch.Generator(device=dev)
             self.generator.manual_seed(seed)
 
     @torch.no_grad()
