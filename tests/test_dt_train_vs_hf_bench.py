@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import pytest
+
+from tests.benchmark_module import load_benchmark
 
 pytest.importorskip("transformers")
 
@@ -15,12 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _load():
-    spec = importlib.util.spec_from_file_location(
-        "dt_train_vs_hf", ROOT / "benchmarks/dt_train_vs_hf.py"
-    )
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark("dt_train_vs_hf")
 
 
 def test_tiny_run_writes_rows(tmp_path: Path) -> None:
