@@ -1,4 +1,6 @@
-"""In-context evaluation: KV-cached ADPolicy vs re-encoding the whole context every step.
+"""In-context evaluation speed of AD and RA-DT: KV cache vs re-encoding the context every step.
+
+**AD** (first row):
 
 Same AD model (default sizes, random weights: speed does not depend on them), same rollout
 loop, same 20 held-out Dark-Room 10x10 goals batched, same greedy (temperature 0) actions.
@@ -12,8 +14,19 @@ Sanity check: both pick the same greedy actions while the context is within the 
 the two computations are the same; once it rolls, a multi-layer cache sees further back than a
 re-encoded window, see `rl_core.nn.gpt`), and the agreement after that is printed too.
 
+**RA-DT** (second row): `agents.radt.RADTPolicy` with the default config (random weights, a
+random frozen DT embedder), the 20 held-out goals batched over `--radt-trials` (40, the paper's
+protocol) consecutive episodes, per paper Algorithm 1 (each task's memory starts empty and gets
+every finished episode; retrieval every step, nucleus sampling top_p 0.5). ours =
+`reencode: false` (rolling KV cache of the K-step window, the context retrieved at each step
+cross-attended by the new token); baseline = `reencode: true`, the official way (each env's
+last K steps re-run with the current context every step). Both share everything else, so the
+retrieval itself (query embedding, search, gather) is in both; `retrieval_share` is the part
+of an ours step spent in `RADTPolicy.retrieve`. The paper reports ~100 env-steps/s for RA-DT
+with retrieval every step on an A100 (`../shared/reference/incontext_rl.md` §1.13).
+
     python benchmarks/icl_eval_speed.py           # writes results/bench/icl_eval_speed.json
-    python benchmarks/icl_eval_speed.py --trials 3 --threads 2 --out /tmp/icl.json
+    python benchmarks/icl_eval_speed.py --trials 3 --radt-trials 2 --threads 2 --out /tmp/icl.json
 """
 
 from __future__ import annotations
@@ -80,14 +93,79 @@ def timed_rollout(policy, model: ADModel, tasks: DarkRoomTasks, trials: int):
     return seconds, result.steps, np.stack(log.actions, axis=1), torch.stack(logits, dim=1)
 
 
-def main() -> None:
+def radt_rate(reencode: bool, trials: int) -> tuple[float, float, int]:
+    """Env-steps/s of RA-DT's in-context evaluation, the share of time in retrieval, steps."""
+    from hydra import compose, initialize_config_module
+
+    from agents import radt
+    from agents.dt import DTModel
+    from agents.icl import evaluate_in_context
+    from retrieval.embedders import DTEmbedder
+
+    with initialize_config_module("configs", version_base="1.3"):
+        cfg = compose("radt")
+    model, a, e = radt.build(cfg)  # untrained weights: the cost does not depend on them
+    dt = DTModel((cfg.env.width, cfg.env.height), 5, model.horizon, radt._dt_config(a))
+    embedder = DTEmbedder(dt, max_embed_len=e.max_embed_len, context_len=a.context_len).eval()
+    a_run = radt.RADTConfig(**{**a.__dict__, "reencode": reencode})
+    policy = radt.RADTPolicy(model.eval(), a_run, torch.device("cpu"), 0, embedder)
+    spent = [0.0]
+    retrieve = policy.retrieve
+
+    def timed_retrieve():
+        t = time.perf_counter()
+        out = retrieve()
+        spent[0] += time.perf_counter() - t
+        return out
+
+    policy.retrieve = timed_retrieve  # type: ignore[method-assign]
+    t0 = time.perf_counter()
+    res = evaluate_in_context(cfg.env, policy, trials=trials, seed=0, progress=False)
+    seconds = time.perf_counter() - t0
+    steps = int(np.asarray(res.lengths).sum())
+    return steps / seconds, spent[0] / seconds, steps
+
+
+def radt_row(trials: int, threads: int, command: str) -> dict:
+    ours, share, steps = radt_rate(False, trials)
+    print(f"RA-DT KV cache   : {ours:8.0f} env-steps/s ({share:.0%} of the time in retrieval)")
+    base, base_share, _ = radt_rate(True, trials)
+    print(f"RA-DT re-encoding: {base:8.0f} env-steps/s ({base_share:.0%} in retrieval)")
+    return {
+        "agent": "radt",
+        "ours": round(ours, 1),
+        "baseline": round(base, 1),
+        "ratio": round(ours / base, 2),
+        "unit": "env_steps/s",
+        "command": command,
+        "what": (
+            f"RA-DT (default config, random weights) in-context evaluation on the 20 held-out "
+            f"Dark-Room 10x10 goals batched, {trials} trials, retrieval every step from each "
+            "task's own growing memory: ours = RADTPolicy with a rolling KV cache "
+            "(reencode=false); baseline = re-encoding the last K steps with the current context "
+            "every step (reencode=true, official)"
+        ),
+        "env_steps": steps,
+        "retrieval_share": {"ours": round(share, 3), "baseline": round(base_share, 3)},
+        "goal_env_steps_per_s": 1000,
+        "goal_met": ours >= 1000,
+        "paper_a100_env_steps_per_s": 100,
+        "threads": threads,
+    }
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--context-episodes", type=int, default=4)
-    p.add_argument("--trials", type=int, default=6, help="episodes per task in one trial")
+    p.add_argument("--trials", type=int, default=6, help="AD: episodes per task in one trial")
+    p.add_argument("--radt-trials", type=int, default=40, help="RA-DT: episodes per task (0: skip)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
     p.add_argument("--out", type=Path, default=ROOT / "results/bench/icl_eval_speed.json")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
+    command = " ".join(
+        ["python benchmarks/icl_eval_speed.py", *(sys.argv[1:] if argv is None else argv)]
+    )
 
     tasks = DarkRoomTasks()  # 10x10, horizon 100, 20 held-out goals
     window = args.context_episodes * tasks.horizon
@@ -130,12 +208,13 @@ def main() -> None:
     print(f"ratio {ratio:.1f}x")
 
     out = {
+        "agent": "ad",
         "ours": round(ours, 1),
         "baseline": round(baseline, 1),
         "ratio": round(ratio, 1),
         "unit": "env_steps/s",
         "context_tokens": window,
-        "command": "python benchmarks/icl_eval_speed.py",
+        "command": command,
         "what": (
             f"AD (d_model {cfg.d_model}, {cfg.n_layer} layers, {cfg.n_head} heads, random weights) "
             f"greedy in-context evaluation on the {n_envs} held-out Dark-Room 10x10 goals batched, "
@@ -143,6 +222,8 @@ def main() -> None:
             f"rolling KV cache of {window} tokens; baseline = ADModel.forward over the last {window} "
             "tokens every step"
         ),
+        "goal_env_steps_per_s": 1000,
+        "goal_met": ours >= 1000,
         "env_steps": steps,
         "seconds": {"ours": round(ours_s, 3), "baseline": round(base_s, 3)},
         "same_greedy_action_within_window": same_within,
@@ -154,9 +235,14 @@ def main() -> None:
         "machine": platform.machine(),
         "cpu_count": os.cpu_count(),
     }
+    rows = [out]
+    if args.radt_trials > 0:
+        rows.append(radt_row(args.radt_trials, args.threads, command))
+        rows[-1].update({k: out[k] for k in ("torch", "python", "machine", "cpu_count")})
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    args.out.write_text(json.dumps(rows, indent=2) + "\n")
     print(f"wrote {args.out}")
+    return rows
 
 
 if __name__ == "__main__":

@@ -150,7 +150,9 @@ class TrajectoryIndex:
                 ) from e
         self._assemble([base] + [faiss.clone_index(base) for _ in range(self.cfg.shards - 1)])
 
-    def _prepare(self, x: np.ndarray, what: str) -> np.ndarray:
+    def prepare(self, x: np.ndarray, what: str = "keys") -> np.ndarray:
+        """`x` (n, dim) as this index stores and searches it: a float32 copy, L2-normalised for
+        `metric="cosine"`; a wrong shape raises naming `what`."""
         x = np.asarray(x, dtype=np.float32)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"{what} must have shape (n, {self.dim}), got {x.shape}")
@@ -179,7 +181,7 @@ class TrajectoryIndex:
         ret: np.ndarray,
     ) -> np.ndarray:
         """Append keys (n, dim) with their metadata; returns their ids."""
-        x = self._prepare(keys, "keys")
+        x = self.prepare(keys, "keys")
         n = len(x)
         cols = {"episode": episode, "step": step, "task": task, "trajectory": trajectory}
         new = {k: np.asarray(v, np.int64).reshape(-1) for k, v in cols.items()}
@@ -210,7 +212,7 @@ class TrajectoryIndex:
         self, queries: np.ndarray, k: int, *, exclude_trajectory: np.ndarray | None = None
     ) -> SearchResult:
         """Top-k keys per query by inner product; optionally none from the query's trajectory."""
-        q = self._prepare(queries, "queries")
+        q = self.prepare(queries, "queries")
         if len(self) == 0:
             raise ValueError("search on an empty index: add keys first")
         if k < 1:

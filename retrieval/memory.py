@@ -555,6 +555,11 @@ class EvalMemory:
         self.indexes = [TrajectoryIndex(self.dim, self.cfg.eval_index) for _ in range(self.n_slots)]
         self.values: list[dict[str, np.ndarray] | None] = [None] * self.n_slots
         self._episodes = np.zeros(self.n_slots, np.int64)
+        # Exact (Flat) search: every slot's keys, metadata and values also live in arrays padded
+        # to a common length, (slots, capacity, ...), so one batched product answers the queries
+        # of all slots (a faiss search per slot costs more in calls than in arithmetic here).
+        self.batched = self.cfg.eval_index.factory.replace(" ", "").lower() == "flat"
+        self._padded: dict[str, np.ndarray] = {}
 
     def sizes(self) -> list[int]:
         return [len(i) for i in self.indexes]
@@ -569,12 +574,30 @@ class EvalMemory:
         _, traj = np.unique(chunks.meta["trajectory"], return_inverse=True)
         meta = dict(chunks.meta, trajectory=traj + self._episodes[slot])
         self._episodes[slot] += traj.max() + 1 if len(traj) else 0
-        self.indexes[slot].add(keys, **{k: meta[k] for k in KEY_FIELDS})
+        index = self.indexes[slot]
+        start = len(index)
+        index.add(keys, **{k: meta[k] for k in KEY_FIELDS})
         old = self.values[slot]
         new = chunks.values
         self.values[slot] = (
             new if old is None else {k: np.concatenate([old[k], new[k]]) for k in old}
         )
+        if self.batched and len(keys):
+            rows = {"key": index.prepare(keys)} | {f: index.meta[f][start:] for f in KEY_FIELDS}
+            self._append_padded(slot, start, rows | {f"value/{k}": v for k, v in new.items()})
+
+    def _append_padded(self, slot: int, start: int, arrays: Mapping[str, np.ndarray]) -> None:
+        """Write rows start.. of `slot` into the padded arrays, doubling their capacity if needed."""
+        for name, rows in arrays.items():
+            end = start + len(rows)
+            buf = self._padded.get(name)
+            if buf is None or buf.shape[1] < end:
+                cap = max(end, 16, 0 if buf is None else 2 * buf.shape[1])
+                grown = np.zeros((self.n_slots, cap, *rows.shape[1:]), rows.dtype)
+                if buf is not None:
+                    grown[:, : buf.shape[1]] = buf
+                self._padded[name] = buf = grown
+            buf[slot, start:end] = rows
 
     def retrieve(self, queries: np.ndarray, slots: Sequence[int] | np.ndarray) -> Retrieval:
         """Top-k per query from its slot's memory; rows of empty slots get nothing (id -1).
@@ -591,6 +614,8 @@ class EvalMemory:
         meta = {f: np.full((b, k), np.nan if f == "ret" else -1, np.float32 if f == "ret" else np.int64) for f in KEY_FIELDS}  # fmt: skip
         spec = next((v for v in self.values if v is not None), None)
         values = {key: np.zeros((b, k, *v.shape[1:]), v.dtype) for key, v in (spec or {}).items()}
+        if self.batched:
+            return self._retrieve_batched(queries, slots, ids, sim, score, meta, values)
         for s in np.unique(slots):
             index = self.indexes[s]
             if len(index) == 0:
@@ -611,6 +636,53 @@ class EvalMemory:
                 meta[f][rows] = g_meta[f]
             for key, v in _gather_values(self.values[s], got).items():
                 values[key][rows] = v
+        return Retrieval(values, ids, sim, score, meta, np.zeros(b, bool))
+
+    def _retrieve_batched(self, queries, slots, ids, sim, score, meta, values) -> Retrieval:
+        """`retrieve` for exact search: the same candidates, scores and choices as a Flat faiss
+        search per slot (up to float rounding in near-ties), for all slots in one product."""
+        cfg, b, k = self.cfg, len(queries), self.cfg.top_k
+        sizes = np.array(self.sizes())[slots]
+        width = int(sizes.max()) if b else 0
+        searched = sizes > 0
+        if width == 0:
+            return Retrieval(values, ids, sim, score, meta, np.zeros(b, bool))
+        q = self.indexes[0].prepare(queries, "queries")
+        keys = self._padded["key"][slots, :width]
+        valid = np.arange(width)[None] < sizes[:, None]
+        scores = np.where(valid, np.einsum("bmd,bd->bm", keys, q), -np.inf).astype(np.float32)
+        cand = np.argsort(-scores, axis=1, kind="stable")[:, : cfg.top_l]  # faiss: best first
+        c_scores = np.take_along_axis(scores, cand, 1)
+        c_valid = np.take_along_axis(valid, cand, 1)
+        c_ids = np.where(c_valid, cand, -1)
+        if c_ids.shape[1] < cfg.top_l:  # fewer keys than l: pad as a faiss search does
+            pad = ((0, 0), (0, cfg.top_l - c_ids.shape[1]))
+            c_ids = np.pad(c_ids, pad, constant_values=-1)
+            c_scores = np.pad(c_scores, pad, constant_values=-np.inf)
+            c_valid = c_ids >= 0
+        row = slots[:, None]
+        utility = np.where(c_valid, self._padded["ret"][row, np.maximum(c_ids, 0)], 0.0)
+        pos, sc = reweight(c_scores, c_valid, utility, alpha=cfg.alpha, k=k, minmax_utility=True)
+        got = np.where(np.isfinite(sc), np.take_along_axis(c_ids, pos, 1), -1)
+        g_sim = np.take_along_axis(c_scores, pos, 1)
+        ok, at = got >= 0, np.maximum(got, 0)
+        g_meta = {
+            f: np.where(ok, self._padded[f][row, at], np.nan if f == "ret" else -1).astype(
+                meta[f].dtype
+            )
+            for f in KEY_FIELDS
+        }
+        if k > 1:
+            got, g_sim, sc, g_meta = _sort_by_return(got, g_sim, sc, g_meta)
+            ok, at = got >= 0, np.maximum(got, 0)
+        s = searched
+        ids[s], sim[s], score[s] = got[s], g_sim[s], sc[s]
+        for f in KEY_FIELDS:
+            meta[f][s] = g_meta[f][s]
+        for key in values:
+            v = self._padded[f"value/{key}"][row, at]
+            v[~ok] = 0
+            values[key][s] = v[s]
         return Retrieval(values, ids, sim, score, meta, np.zeros(b, bool))
 
 

@@ -304,6 +304,34 @@ def test_eval_memory_uses_raw_inner_product():
     assert mem.retrieve(np.array([[1, 0.1]], np.float32), slots=[0]).ids[0, 0] == 1
 
 
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_eval_memory_batched_search_equals_a_faiss_search_per_slot(top_k):
+    """The batched exact path (default, Flat) returns what one faiss search per slot returns:
+    slots of different sizes, one empty, fewer keys than l, repeated slots, k > 1."""
+    rng = np.random.default_rng(0)
+    mems = [EvalMemory(4, 6, cfg(top_k=top_k, top_l=5)) for _ in range(2)]
+    mems[1].batched = False  # the per-slot faiss path
+    assert mems[0].batched
+    for slot, n_eps in [(0, 3), (1, 1), (3, 6)]:  # slot 2 stays empty
+        for e in range(n_eps):
+            ch = chunk_episodes([episode(40, e, reward_at=e * 5)], chunk=10, context=8, task=[slot])
+            keys = rng.normal(size=(len(ch), 6)).astype(np.float32)
+            for mem in mems:
+                mem.add(slot, keys, ch)
+    slots = np.array([0, 1, 2, 3, 3, 0])
+    q = rng.normal(size=(len(slots), 6)).astype(np.float32)
+    fast, slow = (mem.retrieve(q, slots) for mem in mems)
+    np.testing.assert_array_equal(fast.ids, slow.ids)
+    assert (fast.ids[2] == -1).all() and (fast.ids[[0, 3]] >= 0).all()
+    np.testing.assert_allclose(fast.similarity, slow.similarity, rtol=1e-5)
+    np.testing.assert_allclose(fast.score, slow.score, rtol=1e-5)
+    for f in fast.meta:
+        np.testing.assert_array_equal(fast.meta[f], slow.meta[f])
+    assert fast.values.keys() == slow.values.keys()
+    for key in fast.values:
+        np.testing.assert_array_equal(fast.values[key], slow.values[key])
+
+
 # ----------------------------------------------------------------------------- persistence, stats
 
 
