@@ -93,7 +93,7 @@ def timed_rollout(policy, model: ADModel, tasks: DarkRoomTasks, trials: int):
     return seconds, result.steps, np.stack(log.actions, axis=1), torch.stack(logits, dim=1)
 
 
-def radt_rate(reencode: bool, trials: int) -> tuple[float, float, int]:
+def radt_rate(reencode: bool, trials: int, batched: bool = True) -> tuple[float, float, int]:
     """Env-steps/s of RA-DT's in-context evaluation, the share of time in retrieval, steps."""
     from hydra import compose, initialize_config_module
 
@@ -109,6 +109,14 @@ def radt_rate(reencode: bool, trials: int) -> tuple[float, float, int]:
     embedder = DTEmbedder(dt, max_embed_len=e.max_embed_len, context_len=a.context_len).eval()
     a_run = radt.RADTConfig(**{**a.__dict__, "reencode": reencode})
     policy = radt.RADTPolicy(model.eval(), a_run, torch.device("cpu"), 0, embedder)
+    if not batched:  # what the batched EvalMemory bought: one faiss search per task instead
+        reset = policy.reset
+
+        def per_slot_reset(n_envs: int) -> None:
+            reset(n_envs)
+            policy.memory.batched = False
+
+        policy.reset = per_slot_reset  # type: ignore[method-assign]
     spent = [0.0]
     retrieve = policy.retrieve
 
@@ -126,10 +134,10 @@ def radt_rate(reencode: bool, trials: int) -> tuple[float, float, int]:
     return steps / seconds, spent[0] / seconds, steps
 
 
-def radt_row(trials: int, threads: int, command: str) -> dict:
-    ours, share, steps = radt_rate(False, trials)
+def radt_row(trials: int, threads: int, command: str, batched: bool = True) -> dict:
+    ours, share, steps = radt_rate(False, trials, batched)
     print(f"RA-DT KV cache   : {ours:8.0f} env-steps/s ({share:.0%} of the time in retrieval)")
-    base, base_share, _ = radt_rate(True, trials)
+    base, base_share, _ = radt_rate(True, trials, batched)
     print(f"RA-DT re-encoding: {base:8.0f} env-steps/s ({base_share:.0%} in retrieval)")
     return {
         "agent": "radt",
@@ -145,6 +153,7 @@ def radt_row(trials: int, threads: int, command: str) -> dict:
             "(reencode=false); baseline = re-encoding the last K steps with the current context "
             "every step (reencode=true, official)"
         ),
+        "eval_memory": "batched" if batched else "per_slot",
         "env_steps": steps,
         "retrieval_share": {"ours": round(share, 3), "baseline": round(base_share, 3)},
         "goal_env_steps_per_s": 1000,
@@ -160,6 +169,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--trials", type=int, default=6, help="AD: episodes per task in one trial")
     p.add_argument("--radt-trials", type=int, default=40, help="RA-DT: episodes per task (0: skip)")
     p.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", 1)))
+    p.add_argument(
+        "--per-slot-memory", action="store_true",
+        help="RA-DT: one faiss search per task (before the batched EvalMemory), for comparison",
+    )  # fmt: skip
     p.add_argument("--out", type=Path, default=ROOT / "results/bench/icl_eval_speed.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -237,7 +250,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     }
     rows = [out]
     if args.radt_trials > 0:
-        rows.append(radt_row(args.radt_trials, args.threads, command))
+        rows.append(radt_row(args.radt_trials, args.threads, command, not args.per_slot_memory))
         rows[-1].update({k: out[k] for k in ("torch", "python", "machine", "cpu_count")})
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(rows, indent=2) + "\n")
