@@ -55,28 +55,28 @@ from rl_core.rollout import ActionRecorder, rollout  # noqa: E402
 class ReencodePolicy:
     """AD without a cache: the whole token history is re-run through the model every step."""
 
-    def __init__(self, model: ADModel, window: int) -> None:
-        self.model, self.window = model, window
+    def __init__(self, model: ADModel, window: int, device: torch.device) -> None:
+        self.model, self.window, self.device = model, window, device
 
     def reset(self, n_envs: int) -> None:
         self.obs: list[torch.Tensor] = []
-        self.prev_action = [torch.full((n_envs,), -1, dtype=torch.long)]
-        self.prev_reward = [torch.zeros(n_envs)]
+        self.prev_action = [torch.full((n_envs,), -1, dtype=torch.long, device=self.device)]
+        self.prev_reward = [torch.zeros(n_envs, device=self.device)]
 
     @torch.no_grad()
     def act(self, obs: np.ndarray) -> np.ndarray:
-        self.obs.append(torch.as_tensor(obs).long())
+        self.obs.append(torch.as_tensor(obs, device=self.device).long())
         w = self.window
         logits = self.model(
             torch.stack(self.obs[-w:], dim=1),
             torch.stack(self.prev_action[-w:], dim=1),
             torch.stack(self.prev_reward[-w:], dim=1),
         )
-        return sample_logits(logits[:, -1], 0.0).numpy()
+        return sample_logits(logits[:, -1], 0.0).cpu().numpy()
 
     def observe(self, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
-        self.prev_action.append(torch.as_tensor(actions).long())
-        self.prev_reward.append(torch.as_tensor(rewards).float())
+        self.prev_action.append(torch.as_tensor(actions, device=self.device).long())
+        self.prev_reward.append(torch.as_tensor(rewards, device=self.device).float())
         # keep only what the next window needs
         del self.obs[: -self.window], self.prev_action[: -self.window]
         del self.prev_reward[: -self.window]
@@ -90,10 +90,12 @@ def timed_rollout(policy, model: ADModel, tasks: DarkRoomTasks, trials: int):
     result = rollout(tasks.env_fns("eval"), log, episodes=trials, seed=0, progress=False)
     seconds = time.perf_counter() - t0
     hook.remove()
-    return seconds, result.steps, np.stack(log.actions, axis=1), torch.stack(logits, dim=1)
+    return seconds, result.steps, np.stack(log.actions, axis=1), torch.stack(logits, dim=1).cpu()
 
 
-def radt_rate(reencode: bool, trials: int, batched: bool = True) -> tuple[float, float, int]:
+def radt_rate(
+    reencode: bool, trials: int, batched: bool = True, device: str = "cpu"
+) -> tuple[float, float, int]:
     """Env-steps/s of RA-DT's in-context evaluation, the share of time in retrieval, steps."""
     from hydra import compose, initialize_config_module
 
@@ -108,7 +110,8 @@ def radt_rate(reencode: bool, trials: int, batched: bool = True) -> tuple[float,
     dt = DTModel((cfg.env.width, cfg.env.height), 5, model.horizon, radt._dt_config(a))
     embedder = DTEmbedder(dt, max_embed_len=e.max_embed_len, context_len=a.context_len).eval()
     a_run = radt.RADTConfig(**{**a.__dict__, "reencode": reencode})
-    policy = radt.RADTPolicy(model.eval(), a_run, torch.device("cpu"), 0, embedder)
+    dev = torch.device(device)
+    policy = radt.RADTPolicy(model.eval().to(dev), a_run, dev, 0, embedder.to(dev))
     if not batched:  # what the batched EvalMemory bought: one faiss search per task instead
         reset = policy.reset
 
@@ -134,10 +137,12 @@ def radt_rate(reencode: bool, trials: int, batched: bool = True) -> tuple[float,
     return steps / seconds, spent[0] / seconds, steps
 
 
-def radt_row(trials: int, threads: int, command: str, batched: bool = True) -> dict:
-    ours, share, steps = radt_rate(False, trials, batched)
+def radt_row(
+    trials: int, threads: int, command: str, batched: bool = True, device: str = "cpu"
+) -> dict:
+    ours, share, steps = radt_rate(False, trials, batched, device)
     print(f"RA-DT KV cache   : {ours:8.0f} env-steps/s ({share:.0%} of the time in retrieval)")
-    base, base_share, _ = radt_rate(True, trials, batched)
+    base, base_share, _ = radt_rate(True, trials, batched, device)
     print(f"RA-DT re-encoding: {base:8.0f} env-steps/s ({base_share:.0%} in retrieval)")
     return {
         "agent": "radt",
@@ -159,8 +164,13 @@ def radt_row(trials: int, threads: int, command: str, batched: bool = True) -> d
         "goal_env_steps_per_s": 1000,
         "goal_met": ours >= 1000,
         "paper_a100_env_steps_per_s": 100,
+        "device": device_name(device),
         "threads": threads,
     }
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -173,6 +183,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "--per-slot-memory", action="store_true",
         help="RA-DT: one faiss search per task (before the batched EvalMemory), for comparison",
     )  # fmt: skip
+    p.add_argument("--device", default="cpu", help="cpu | cuda")
     p.add_argument("--out", type=Path, default=ROOT / "results/bench/icl_eval_speed.json")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -184,15 +195,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     window = args.context_episodes * tasks.horizon
     torch.manual_seed(0)
     cfg = ADConfig(context_episodes=args.context_episodes)  # d_model 64, 2 layers, 4 heads
-    model = ADModel((tasks.width, tasks.height), 5, cfg, max_len=window).eval()
+    device = torch.device(args.device)
+    model = ADModel((tasks.width, tasks.height), 5, cfg, max_len=window).eval().to(device)
     n_envs = len(tasks.split("eval"))
 
     print(f"AD d_model={cfg.d_model} n_layer={cfg.n_layer} n_head={cfg.n_head}, context {window} "
           f"tokens, {n_envs} envs x {args.trials} episodes, {args.threads} thread(s)")  # fmt: skip
-    cached = ADPolicy(model, window, torch.device("cpu"), temperature=0.0, seed=0)
+    cached = ADPolicy(model, window, device, temperature=0.0, seed=0)
     ours_s, steps, ours_actions, ours_logits = timed_rollout(cached, model, tasks, args.trials)
     base_s, base_steps, base_actions, base_logits = timed_rollout(
-        ReencodePolicy(model, window), model, tasks, args.trials
+        ReencodePolicy(model, window, device), model, tasks, args.trials
     )
     assert steps == base_steps == n_envs * args.trials * tasks.horizon
 
@@ -242,6 +254,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "same_greedy_action_within_window": same_within,
         "same_greedy_action_after_window_rolls": same_after,
         "max_logit_diff_within_window": logit_diff,
+        "device": device_name(args.device),
         "threads": args.threads,
         "torch": torch.__version__,
         "python": platform.python_version(),
@@ -250,10 +263,18 @@ def main(argv: list[str] | None = None) -> list[dict]:
     }
     rows = [out]
     if args.radt_trials > 0:
-        rows.append(radt_row(args.radt_trials, args.threads, command, not args.per_slot_memory))
+        rows.append(
+            radt_row(args.radt_trials, args.threads, command, not args.per_slot_memory, args.device)
+        )
         rows[-1].update({k: out[k] for k in ("torch", "python", "machine", "cpu_count")})
+    # rows of the same (agent, device) are replaced; others (e.g. GPU rows) are kept
+    key = lambda r: (r.get("agent", "ad"), r.get("device", "cpu"))  # noqa: E731
+    old = json.loads(args.out.read_text()) if args.out.exists() else []
+    old = old if isinstance(old, list) else [old]
+    new_keys = {key(r) for r in rows}
+    merged = [r for r in old if key(r) not in new_keys] + rows
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    args.out.write_text(json.dumps(merged, indent=2) + "\n")
     print(f"wrote {args.out}")
     return rows
 
