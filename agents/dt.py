@@ -36,11 +36,11 @@ from torch import Tensor, nn
 
 from agents import alignment, icl
 from rl_core.cli import run_cli
-from rl_core.config import to_dataclass
+from rl_core.config import ConfigError, to_dataclass
 from rl_core.data import DTWindowSampler
 from rl_core.nn import GPT, GPTConfig, KVCache, MultiDiscreteEmbedding
 from rl_core.nn.gpt import causal_mask
-from rl_core.nn.sampling import sample_logits
+from rl_core.nn.sampling import TOP_P_MODES, sample_logits
 
 
 @dataclass
@@ -56,10 +56,19 @@ class DTConfig:
     target_std: float = 5.0
     temperature: float = 1.0  # action sampling temperature at evaluation (0 = greedy)
     top_p: float = 0.5  # nucleus sampling at evaluation, as RA-DT evaluates Dark-Room policies
+    top_p_mode: str = (
+        "nucleus"  # nucleus | quantile (the official RA-DT sampler's meaning of top_p)
+    )
     num_targets: int = 7  # `align`: targets between the 5th and 95th dataset return percentile
     # tokens per step: False = (R̂, s, a) as in the DT paper; True = RA-DT's (s, R̂, a, r), where
     # the policy also sees the reward of its previous step (a_t is predicted at R̂_t)
     reward_token: bool = False
+
+    def __post_init__(self) -> None:
+        if self.top_p_mode not in TOP_P_MODES:  # fail at config time, not after training
+            raise ConfigError(
+                f"agent.top_p_mode={self.top_p_mode!r}: expected one of {list(TOP_P_MODES)}"
+            )
 
 
 class DTModel(nn.Module):
@@ -230,7 +239,9 @@ class DTPolicy:
         )  # fmt: skip
         logits = model.head(h[:, -1])
         self.last_logits = logits
-        action = sample_logits(logits, self.cfg.temperature, self.generator, self.cfg.top_p)
+        action = sample_logits(
+            logits, self.cfg.temperature, self.generator, self.cfg.top_p, self.cfg.top_p_mode
+        )
         self.last_action = action
         self.new_episode = torch.zeros_like(self.new_episode)
         return action.cpu().numpy()

@@ -23,7 +23,12 @@ Pipeline of `python -m agents.radt train env=darkroom`:
    batched: one `EvalMemory` per task, empty at the start, filled with every finished episode's
    key/value chunks; retrieval every `retrieve_every` steps, reweighted by episode return;
    target return sampled per episode (N(90, 5) on 10x10). The first trial has no retrieved
-   context (cross-attention outputs zero), so it behaves like a DT.
+   context (cross-attention outputs zero), so it behaves like a DT. Actions are sampled as the
+   official code does (`a_sample_kwargs.top_p: 0.5` through Multi-Game DT's
+   `sample_from_logits`): keep the logits above their 0.5-quantile, i.e. the best 2 of the 5
+   actions, and sample from their softmax (`top_p_mode: quantile`). `top_p_mode: nucleus` is
+   Holtzman's nucleus sampling, which this module used before: at top_p 0.5 it is greedy
+   whenever one action has p > 0.5.
 Results: `radt` (or `radt_lm`) rows in `results/<env>/icl_<w>x<h>.csv` through `icl.report`.
 
 Model: the DT of `agents.dt` with RA-DT's step tokens (s, R̂, a, r) (`reward_token`; a_t is
@@ -521,7 +526,9 @@ class RADTPolicy(DTPolicy):
         )  # fmt: skip
         logits = self.model.head(h[:, -(self.model.step_tokens - self.model.query_index)])
         self.last_logits = logits
-        action = sample_logits(logits, self.cfg.temperature, self.generator, self.cfg.top_p)
+        action = sample_logits(
+            logits, self.cfg.temperature, self.generator, self.cfg.top_p, self.cfg.top_p_mode
+        )
         self.last_action = action
         return action.cpu().numpy()
 
