@@ -1,5 +1,6 @@
-"""benchmarks/genie_speed.py at the tiny setting: JSON structure, positive finite figures, rows
-merged by (kind, setting, device, bf16), a skipped model recorded (no timing assertions)."""
+"""benchmarks/genie_speed.py at the tiny settings: JSON structure, positive finite figures, rows
+merged by (kind, setting, device, bf16), a skipped model recorded, and the `components` rows of the
+Genie agent's parts (no timing assertions)."""
 
 from __future__ import annotations
 
@@ -28,9 +29,8 @@ def test_tiny_run_writes_rows(bench, tmp_path, capsys):
     out = tmp_path / "genie_speed.json"
     threads = torch.get_num_threads()
     try:
-        rows = bench.main(
-            ["--settings", "tiny", "--steps", "2", "--threads", "1", "--out", str(out)]
-        )
+        rows = bench.main(["--rows", "st_vs_full", "--settings", "tiny", "--steps", "2",
+                           "--threads", "1", "--out", str(out)])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
     data = json.loads(out.read_text())
@@ -61,7 +61,8 @@ def test_tiny_run_writes_rows(bench, tmp_path, capsys):
     # merge: a row of another device is kept, the same setting is replaced (not duplicated)
     data["rows"].append({**row, "device": "cuda", "bf16": True})
     out.write_text(json.dumps(data))
-    bench.main(["--settings", "tiny", "--steps", "1", "--threads", "1", "--out", str(out)])
+    bench.main(["--rows", "st_vs_full", "--settings", "tiny", "--steps", "1", "--threads", "1",
+                "--out", str(out)])  # fmt: skip
     torch.set_num_threads(threads)
     keys = [(r["device"], r["bf16"]) for r in json.loads(out.read_text())["rows"]]
     assert sorted(keys, key=str) == sorted([("cuda", True), ("cpu", "n/a")], key=str)
@@ -75,3 +76,55 @@ def test_slow_model_is_skipped_and_recorded(bench):
     assert row["timed_steps"] == {"st": 0, "full": 0}
     bench.print_table([{**bench.base_row("st_vs_full", "tiny", bench.SETTINGS["tiny"], ctx, 1),
                         **row}])  # fmt: skip
+
+
+def test_components_tiny_row(bench, tmp_path, capsys):
+    out = tmp_path / "genie_speed.json"
+    kept = {"kind": "st_vs_full", "setting": "small", "device": "cpu", "bf16": "n/a"}
+    out.write_text(json.dumps({"rows": [kept], "machines": {}}))
+    threads = torch.get_num_threads()
+    try:
+        rows = bench.main(["--rows", "components", "--settings", "tiny", "--steps", "2",
+                           "--threads", "1", "--out", str(out)])  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(out.read_text())
+    assert data["rows"] == [kept, *rows] and len(rows) == 1  # merged, the other row kept
+    (row,) = rows
+    assert (row["kind"], row["setting"], row["device"], row["bf16"]) == (
+        "components",
+        "tiny",
+        "cpu",
+        "n/a",
+    )
+    assert "shape_btnd" not in row and row["config"]["overrides"] == list(bench.TINY_GENIE)
+    for key in ("tokenizer_steps_per_s", "lam_steps_per_s", "dynamics_steps_per_s",
+                "generated_frames_per_s", "wall_s"):  # fmt: skip
+        assert positive(row[key]), key
+    # tiny: 16x16 frames in patches of 4 -> 16 tokens, clips of 5, batch 2, actions [0, 1, 2]
+    assert (row["image_size"], row["clip_frames"], row["tokens_per_frame"]) == (16, 5, 16)
+    assert row["batch_size"] == {"tokenizer": 2, "lam": 2, "dynamics": 2}
+    assert (row["generated_frames"], row["generation_batch"], row["maskgit_steps"]) == (3, 1, 2)
+    parts = {"tokenizer", "lam", "dynamics", "generation"}
+    assert row["timed_steps"] == dict.fromkeys(parts, 2)
+    assert set(row["warmup_s"]) == parts and all(positive(v) for v in row["warmup_s"].values())
+    assert row["peak_mem_mib"] == dict.fromkeys(parts, "n/a")  # CPU
+    assert set(row["params"]) == {"tokenizer", "lam", "dynamics"}
+    assert all(positive(v) for v in row["params"].values())
+    assert row["skipped"] == {} and row["agent"]["dynamics"]["d_model"] == 16
+    printed = capsys.readouterr().out
+    assert "components" in printed and "generated frames/s" in printed
+
+
+def test_components_settings_and_skips(bench):
+    assert bench.kind_settings("components", None) == ["default"]
+    assert bench.kind_settings("components", ["small", "tiny"]) == ["tiny"]
+    assert bench.kind_settings("st_vs_full", ["default"]) == []
+    with pytest.raises(SystemExit):  # a setting no asked kind has: no row, an argparse error
+        bench.main(["--rows", "components", "--settings", "small", "--out", "unused.json"])
+    ctx = bench.Context(torch.device("cpu"), bf16=False, steps=1, max_step_s=0.0)
+    row = bench.components(bench.COMPONENT_SETTINGS["tiny"], ctx)
+    assert row["generated_frames_per_s"] is None and row["tokenizer_steps_per_s"] is None
+    assert set(row["skipped"]) == {"tokenizer", "lam", "dynamics", "generation"}
+    setting = bench.COMPONENT_SETTINGS["tiny"]
+    bench.print_table([{**bench.base_row("components", "tiny", setting, ctx, 1), **row}])
