@@ -62,13 +62,15 @@ Deviations from the paper / official code:
 - the trainer's `sample_batch` carries retrieval statistics as 0-d arrays (`stat_*`), which the
   loss returns as metrics.
 
-Status (measured on 2 CPU cores, seed 0, `results/darkroom/README.md`): training retrieval hits
+Status (measured on 2 CPU cores, 3 seeds, `results/darkroom/README.md`): training retrieval hits
 the query's task ≈89% of the time (chance 1/80). With an oracle episode in each held-out task's
 memory the policy reaches the goal on 16-17 of 20 tasks (72-74 mean reward), so it exploits
-retrieved trajectories; but it rarely finds a new goal after the first trial (≈23 mean reward
-from trial 1 to 40): in-context exploration, and with it the ≥ 75 target, is not reached yet.
-Trained on the paper's own data (PPO histories, `source=ppo`) at the CPU size it is no better
-(17.5 → 13.4), so the data source is not the missing piece at this scale.
+retrieved trajectories; but it rarely finds a new goal after the first trial: 20.8 at trial 1,
+26.3 at trial 40 with the official sampler (nucleus sampling, used before: 33.1 -> 27.2, a
+replay of its own retrieved failed episodes). In-context exploration, and with it the >= 75
+target, is not reached at this size. Trained on the paper's own data (PPO histories,
+`source=ppo`) at the CPU size it is no better (17.5 -> 13.4), so the data source is not the
+missing piece at this scale.
 """
 
 from __future__ import annotations
