@@ -37,6 +37,20 @@ def _met(ok: bool | None, short_by: float | None = None) -> str:
     return "**no**" + (f" (needs {short_by:.2f}x more)" if short_by else "")
 
 
+def _row(
+    r: dict[str, Any],
+    what: str,
+    setting: str,
+    ours: str,
+    baseline: str,
+    goal: str = "–",
+    met: str = "–",
+) -> Row:
+    """One table row; the ratio and command come from the measurement `r` itself."""
+    return {"what": what, "setting": setting, "ours": ours, "baseline": baseline,
+            "ratio": f"{r['ratio']}x", "goal": goal, "met": met, "command": r["command"]}  # fmt: skip
+
+
 def _device(r: dict[str, Any]) -> str:
     m = r.get("machine")
     if isinstance(m, dict) and m.get("device") == "cuda":
@@ -48,32 +62,30 @@ def ppo(path: Path) -> Iterator[Row]:
     for r in _rows(path):
         fr = r["final_return"]
         ok = r["ratio"] >= 10 and abs(r["final_return_ratio"] - 1) <= 0.05
-        yield {
-            "what": f"PPO learning histories, {r['goals']} goals x {r['steps_per_goal']:,} steps "
+        yield _row(
+            r,
+            f"PPO learning histories, {r['goals']} goals x {r['steps_per_goal']:,} steps "
             f"(final return ours {fr['ours']} vs sb3 {fr['baseline']})",
-            "setting": f"CPU {r['threads']} thr",
-            "ours": f"{_num(r['ours'])} env-steps/s",
-            "baseline": f"{_num(r['baseline'])} (stable-baselines3)",
-            "ratio": f"{r['ratio']}x",
-            "goal": ">= 10x, final return within 5%",
-            "met": _met(ok, 10 / r["ratio"] if r["ratio"] < 10 else None),
-            "command": r["command"],
-        }
+            f"CPU {r['threads']} thr",
+            f"{_num(r['ours'])} env-steps/s",
+            f"{_num(r['baseline'])} (stable-baselines3)",
+            ">= 10x, final return within 5%",
+            _met(ok, 10 / r["ratio"] if r["ratio"] < 10 else None),
+        )
 
 
 def dt_train(path: Path) -> Iterator[Row]:
     for r in _rows(path):
         cpu = r["machine"]["device"] == "cpu"
-        yield {
-            "what": "DT training (hidden 128, 3 layers, K 20, batch 64)",
-            "setting": f"{_device(r)}, bf16 {r['bf16']}, compile {r['compile']}",
-            "ours": f"{_num(r['ours'])} samples/s",
-            "baseline": f"{_num(r['baseline'])} (transformers GPT-2 DT)",
-            "ratio": f"{r['ratio']}x",
-            "goal": ">= 1.5x on CPU" if cpu else "–",
-            "met": _met(r["ratio"] >= 1.5 if cpu else None, 1.5 / r["ratio"]),
-            "command": r["command"],
-        }
+        yield _row(
+            r,
+            "DT training (hidden 128, 3 layers, K 20, batch 64)",
+            f"{_device(r)}, bf16 {r['bf16']}, compile {r['compile']}",
+            f"{_num(r['ours'])} samples/s",
+            f"{_num(r['baseline'])} (transformers GPT-2 DT)",
+            ">= 1.5x on CPU" if cpu else "–",
+            _met(r["ratio"] >= 1.5 if cpu else None, 1.5 / r["ratio"]),
+        )
 
 
 def icl_eval(path: Path) -> Iterator[Row]:
@@ -88,43 +100,40 @@ def icl_eval(path: Path) -> Iterator[Row]:
         cpu = r.get("device", "cpu") == "cpu"
         if not cpu and agent == "radt":
             base += f"; paper, A100: ~{r.get('paper_a100_env_steps_per_s', 100)}"
-        yield {
-            "what": what,
-            "setting": f"CPU {r['threads']} thr" if cpu else r["device"].replace("NVIDIA ", ""),
-            "ours": f"{_num(r['ours'])} env-steps/s",
-            "baseline": f"{_num(r['baseline'])} ({base})",
-            "ratio": f"{r['ratio']}x",
-            "goal": ">= 1,000 env-steps/s on 2 cores" if cpu else "–",
-            "met": _met(r["ours"] >= 1000, 1000 / r["ours"]) if cpu else "–",
-            "command": r["command"],
-        }
+        yield _row(
+            r,
+            what,
+            f"CPU {r['threads']} thr" if cpu else r["device"].replace("NVIDIA ", ""),
+            f"{_num(r['ours'])} env-steps/s",
+            f"{_num(r['baseline'])} ({base})",
+            ">= 1,000 env-steps/s on 2 cores" if cpu else "–",
+            _met(r["ours"] >= 1000, 1000 / r["ours"]) if cpu else "–",
+        )
 
 
 def retrieval(path: Path) -> Iterator[Row]:
     for r in _rows(path):
         if "keys" in r:
-            yield {
-                "what": f"index search, {r['keys']:,} keys, {r['index']} (recall {r['recall']})",
-                "setting": f"CPU {r['threads']} thr",
-                "ours": f"{_num(r['ours'])} queries/s",
-                "baseline": f"{_num(r['baseline'])} (exact numpy top-k)",
-                "ratio": f"{r['ratio']}x",
-                "goal": "–",
-                "met": "–",
-                "command": r["command"],
-            }
+            yield _row(
+                r,
+                f"index search, {r['keys']:,} keys, {r['index']} (recall {r['recall']})",
+                f"CPU {r['threads']} thr",
+                f"{_num(r['ours'])} queries/s",
+                f"{_num(r['baseline'])} (exact numpy top-k)",
+                "–",
+                "–",
+            )
         else:
-            yield {
-                "what": "RA-DT eval with retrieval every step vs without "
+            yield _row(
+                r,
+                "RA-DT eval with retrieval every step vs without "
                 f"(+{r['overhead_ms_per_batched_step']} ms per batched step)",
-                "setting": f"CPU {r['threads']} thr",
-                "ours": f"{_num(r['ours'])} env-steps/s",
-                "baseline": f"{_num(r['baseline'])} (no retrieval)",
-                "ratio": f"{r['ratio']}x",
-                "goal": "–",
-                "met": "–",
-                "command": r["command"],
-            }
+                f"CPU {r['threads']} thr",
+                f"{_num(r['ours'])} env-steps/s",
+                f"{_num(r['baseline'])} (no retrieval)",
+                "–",
+                "–",
+            )
 
 
 def ddp(path: Path) -> Iterator[Row]:
@@ -135,30 +144,28 @@ def ddp(path: Path) -> Iterator[Row]:
             extra = f" (loss last quarter {q['ddp']} vs {q['single']})"
         if "same_ids" in r:
             extra = f" (same ids: {r['same_ids']:.4f})"
-        yield {
-            "what": r["what"].split(":")[0] + extra,
-            "setting": f"CPU, {r['cpu_count']} cores",
-            "ours": f"{_num(r['ours'])} {r['unit']}",
-            "baseline": _num(r["baseline"]),
-            "ratio": f"{r['ratio']}x",
-            "goal": "–",
-            "met": "–",
-            "command": r["command"],
-        }
+        yield _row(
+            r,
+            r["what"].split(":")[0] + extra,
+            f"CPU, {r['cpu_count']} cores",
+            f"{_num(r['ours'])} {r['unit']}",
+            _num(r["baseline"]),
+            "–",
+            "–",
+        )
 
 
 def sampler(path: Path) -> Iterator[Row]:
     for r in _rows(path):
-        yield {
-            "what": "DT window sampling (batch 64, K 20)",
-            "setting": "CPU",
-            "ours": f"{_num(r['ours'])} batches/s",
-            "baseline": f"{_num(r['baseline'])} (Minari)",
-            "ratio": f"{r['ratio']}x",
-            "goal": "–",
-            "met": "–",
-            "command": r["command"],
-        }
+        yield _row(
+            r,
+            "DT window sampling (batch 64, K 20)",
+            "CPU",
+            f"{_num(r['ours'])} batches/s",
+            f"{_num(r['baseline'])} (Minari)",
+            "–",
+            "–",
+        )
 
 
 SECTIONS: list[tuple[str, str, Callable[[Path], Iterator[Row]]]] = [

@@ -25,14 +25,19 @@ def positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_tiny_run_writes_rows(bench, tmp_path, capsys):
-    out = tmp_path / "genie_speed.json"
+def run_tiny(bench, kind: str, out, steps: int = 2) -> list[dict]:
+    """`kind` rows at the tiny setting, 1 thread (the caller's thread count restored)."""
     threads = torch.get_num_threads()
     try:
-        rows = bench.main(["--rows", "st_vs_full", "--settings", "tiny", "--steps", "2",
+        return bench.main(["--rows", kind, "--settings", "tiny", "--steps", str(steps),
                            "--threads", "1", "--out", str(out)])  # fmt: skip
     finally:
         torch.set_num_threads(threads)
+
+
+def test_tiny_run_writes_rows(bench, tmp_path, capsys):
+    out = tmp_path / "genie_speed.json"
+    rows = run_tiny(bench, "st_vs_full", out)
     data = json.loads(out.read_text())
     assert data["rows"] == rows and len(rows) == 1
     assert set(data["machines"]) == {"cpu"} and data["machines"]["cpu"]["threads"] == 1
@@ -61,9 +66,7 @@ def test_tiny_run_writes_rows(bench, tmp_path, capsys):
     # merge: a row of another device is kept, the same setting is replaced (not duplicated)
     data["rows"].append({**row, "device": "cuda", "bf16": True})
     out.write_text(json.dumps(data))
-    bench.main(["--rows", "st_vs_full", "--settings", "tiny", "--steps", "1", "--threads", "1",
-                "--out", str(out)])  # fmt: skip
-    torch.set_num_threads(threads)
+    run_tiny(bench, "st_vs_full", out, steps=1)
     keys = [(r["device"], r["bf16"]) for r in json.loads(out.read_text())["rows"]]
     assert sorted(keys, key=str) == sorted([("cuda", True), ("cpu", "n/a")], key=str)
 
@@ -82,12 +85,7 @@ def test_components_tiny_row(bench, tmp_path, capsys):
     out = tmp_path / "genie_speed.json"
     kept = {"kind": "st_vs_full", "setting": "small", "device": "cpu", "bf16": "n/a"}
     out.write_text(json.dumps({"rows": [kept], "machines": {}}))
-    threads = torch.get_num_threads()
-    try:
-        rows = bench.main(["--rows", "components", "--settings", "tiny", "--steps", "2",
-                           "--threads", "1", "--out", str(out)])  # fmt: skip
-    finally:
-        torch.set_num_threads(threads)
+    rows = run_tiny(bench, "components", out)
     data = json.loads(out.read_text())
     assert data["rows"] == [kept, *rows] and len(rows) == 1  # merged, the other row kept
     (row,) = rows
