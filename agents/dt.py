@@ -42,6 +42,8 @@ from rl_core.nn import GPT, GPTConfig, KVCache, MultiDiscreteEmbedding
 from rl_core.nn.gpt import causal_mask
 from rl_core.nn.sampling import TOP_P_MODES, sample_logits
 
+POSITIONS = ("timestep", "window")
+
 
 @dataclass
 class DTConfig:
@@ -63,8 +65,16 @@ class DTConfig:
     # tokens per step: False = (R̂, s, a) as in the DT paper; True = RA-DT's (s, R̂, a, r), where
     # the policy also sees the reward of its previous step (a_t is predicted at R̂_t)
     reward_token: bool = False
+    # positions: "timestep" = a learned embedding of t within the episode added to every token
+    # (the DT paper); "window" = learned positions of the tokens within the K-step window, no
+    # absolute time (RA-DT's `global_pos_embds`); needs re-encoded evaluation
+    positions: str = "timestep"
 
     def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise ConfigError(
+                f"agent.positions={self.positions!r}: expected one of {list(POSITIONS)}"
+            )
         if self.top_p_mode not in TOP_P_MODES:  # fail at config time, not after training
             raise ConfigError(
                 f"agent.top_p_mode={self.top_p_mode!r}: expected one of {list(TOP_P_MODES)}"
@@ -94,6 +104,10 @@ class DTModel(nn.Module):
         self.state_index = 0 if cfg.reward_token else 1
         self.query_index = 1
         self.embed_ln = nn.LayerNorm(d)
+        self.window_positions = cfg.positions == "window"
+        self.pos_emb = (
+            nn.Embedding(self.step_tokens * cfg.context_len, d) if self.window_positions else None
+        )
         self.gpt = GPT(self.gpt_config(cfg))
         self.head = nn.Linear(d, n_actions)
 
@@ -122,18 +136,24 @@ class DTModel(nn.Module):
         reward: Tensor | None = None,
     ) -> Tensor:
         """Interleave the step's tokens: (b n) inputs -> (b Sn d), S = `step_tokens`."""
-        t = self.time_emb(timestep.long())
+        t = 0.0 if self.window_positions else self.time_emb(timestep.long())
         r, s, a = (
             self.embed_rtg(rtg) + t,
             self.embed_obs(obs) + t,
             self.action_emb(action.long()) + t,
         )
         if not self.reward_token:
-            return self.embed_ln(rearrange([r, s, a], "k b n d -> b (n k) d"))
-        if reward is None:
+            x = self.embed_ln(rearrange([r, s, a], "k b n d -> b (n k) d"))
+        elif reward is None:
             raise ValueError("reward_token=True needs the window's `reward`")
-        w = self.embed_reward(reward) + t
-        return self.embed_ln(rearrange([s, r, a, w], "k b n d -> b (n k) d"))
+        else:
+            w = self.embed_reward(reward) + t
+            x = self.embed_ln(rearrange([s, r, a, w], "k b n d -> b (n k) d"))
+        if self.pos_emb is None:
+            return x
+        # right-aligned: the last step of a window always sits in the table's last slots
+        end = self.pos_emb.num_embeddings
+        return x + self.pos_emb(torch.arange(end - x.shape[1], end, device=x.device))
 
     def encode(
         self,
@@ -180,11 +200,18 @@ def dt_loss(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, dict[st
 class DTPolicy:
     """DT acting in a batch of envs; each env's context starts fresh at its episode boundary."""
 
+    reencodes = False  # True: each step re-encodes the window (no KV cache, any positions)
+
     def __init__(self, model: DTModel, cfg: DTConfig, device: torch.device, seed: int) -> None:
         self.model, self.cfg, self.device = model, cfg, device
         # a training window of K steps shows the query token of step t the S(K-1) + 2 tokens
         # from the first token of step t-K+1 up to itself; a longer cache would also show the
         # tail of step t-K, which no training window contains
+        if model.window_positions and not self.reencodes:
+            raise ConfigError(
+                "agent.positions=window: the rolling KV cache of this policy needs timestep "
+                "positions; use positions=timestep (or RA-DT's agent.reencode=true)"
+            )
         s = model.step_tokens
         self.window = s * cfg.context_len - (s - 2)
         self.generator = torch.Generator(device=device).manual_seed(seed)

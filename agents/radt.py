@@ -195,6 +195,10 @@ class RADTModel(DTModel):
         self.ctx_reward_proj = copy.deepcopy(self.reward_proj) or nn.Linear(1, d)
         self.ctx_time_emb = copy.deepcopy(self.time_emb)
         self.ctx_embed_ln = copy.deepcopy(self.embed_ln)
+        # positions of the retrieved tokens within their k sub-trajectories (the official
+        # `crossattn_wpe`), with positions=window; the timestep embedding otherwise
+        n_ctx = cfg.top_k * 2 * cfg.chunk * self.ctx_step_tokens
+        self.ctx_pos_emb = nn.Embedding(n_ctx, d) if self.window_positions else None
 
     def context_tokens(self, ctx: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
         """Retrieved values (b k L ...) -> tokens (b m d), m = 4kL in (s, R̂, a, r) order (or
@@ -203,15 +207,23 @@ class RADTModel(DTModel):
         obs, action, rtg, reward, timestep, mask = (
             flat(ctx[key]) for key in ("obs", "action", "rtg", "reward", "timestep", "mask")
         )
-        t = self.ctx_time_emb(timestep.long().clamp(0, self.horizon - 1))
+        t = (
+            0.0
+            if self.window_positions
+            else self.ctx_time_emb(timestep.long().clamp(0, self.horizon - 1))
+        )
         s = self.ctx_obs_emb(obs) + t
         r = self.ctx_rtg_proj((rtg.float() / self.horizon).unsqueeze(-1)) + t
         a = self.ctx_action_emb(action.long()) + t
         w = self.ctx_reward_proj(reward.float().unsqueeze(-1)) + t
         if self.ctx_step_tokens == 1:
-            return self.ctx_embed_ln(s + r + a + w - 3 * t), mask.bool()
-        x = self.ctx_embed_ln(rearrange([s, r, a, w], "four b n d -> b (n four) d"))
-        return x, mask.bool().repeat_interleave(4, dim=1)
+            x, mask = self.ctx_embed_ln(s + r + a + w - 3 * t), mask.bool()
+        else:
+            x = self.ctx_embed_ln(rearrange([s, r, a, w], "four b n d -> b (n four) d"))
+            mask = mask.bool().repeat_interleave(4, dim=1)
+        if self.ctx_pos_emb is not None:
+            x = x + self.ctx_pos_emb(torch.arange(x.shape[1], device=x.device))
+        return x, mask
 
     def forward(
         self,
@@ -260,7 +272,7 @@ def _hash(obj: Any) -> str:
 def _dt_config(a: RADTConfig) -> DTConfig:
     return DTConfig(
         context_len=a.context_len, d_model=a.d_model, n_layer=a.n_layer, n_head=a.n_head,
-        dropout=a.dropout, reward_token=a.reward_token,
+        dropout=a.dropout, reward_token=a.reward_token, positions=a.positions,
     )  # fmt: skip
 
 
@@ -460,6 +472,7 @@ class RADTPolicy(DTPolicy):
         seed: int,
         embedder: nn.Module,
     ) -> None:
+        self.reencodes = cfg.reencode
         super().__init__(model, cfg, device, seed)  # type: ignore[arg-type]
         self.embedder = embedder
         self.rcfg = retrieval_config(cfg, seed)

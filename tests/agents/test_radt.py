@@ -17,6 +17,7 @@ import torch
 from agents.dt import DTModel, DTPolicy
 from agents.radt import RADTConfig, RADTModel, RADTPolicy, _dt_config
 from retrieval.embedders import DTEmbedder
+from rl_core.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 HORIZON = 100
@@ -80,11 +81,17 @@ def test_radt_lm_variant_runs_offline_end_to_end(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- policy
 
 
-def _setup(n_layer: int = 2, seed: int = 0, reward_token: bool = False, reencode: bool = False):
+def _setup(
+    n_layer: int = 2,
+    seed: int = 0,
+    reward_token: bool = False,
+    reencode: bool = False,
+    positions: str = "timestep",
+):
     torch.manual_seed(seed)
     cfg = RADTConfig(
         context_len=8, d_model=32, n_layer=n_layer, n_head=4, dropout=0.0,
-        reward_token=reward_token, reencode=reencode,
+        reward_token=reward_token, reencode=reencode, positions=positions,
     )  # fmt: skip
     model = RADTModel((10, 10), 5, HORIZON, cfg).eval()
     dt = DTModel((10, 10), 5, HORIZON, _dt_config(cfg))
@@ -155,10 +162,11 @@ def test_policy_matches_full_forward_with_the_same_context(
     assert not torch.allclose(cached, _full_forward(model, rec, None), atol=1e-3)
 
 
-def test_reencoding_policy_equals_a_forward_pass_over_the_last_k_steps() -> None:
+@pytest.mark.parametrize("positions", ["timestep", "window"])
+def test_reencoding_policy_equals_a_forward_pass_over_the_last_k_steps(positions: str) -> None:
     """The official evaluation: every step re-encodes the last K steps with the current context,
     so past the first window it is exact where a rolling cache is not."""
-    cfg, model, embedder = _setup(reward_token=True, reencode=True)
+    cfg, model, embedder = _setup(reward_token=True, reencode=True, positions=positions)
     n, k = 2, cfg.context_len
     ctx = _fixed_context(n)
     policy = RADTPolicy(model, cfg, torch.device("cpu"), seed=0, embedder=embedder)
@@ -178,6 +186,36 @@ def _window_logits(model, rec, ctx, t: int, k: int) -> torch.Tensor:
     with torch.no_grad():
         logits = model(rtg, obs, action, timestep, torch.ones(n, k, dtype=torch.bool), reward, ctx)
     return logits[:, -1]
+
+
+def test_window_positions_carry_no_absolute_time() -> None:
+    """positions=window (the official global positions): the same window and retrieved
+    sub-trajectory give the same logits whatever episode step they come from; with timestep
+    embeddings they do not (the policy could align its step with the retrieved one's)."""
+    rng = torch.Generator().manual_seed(0)
+    k, n = 8, 3
+    obs = torch.randint(0, 10, (n, k, 2), generator=rng)
+    action = torch.randint(0, 5, (n, k), generator=rng)
+    reward = torch.randint(0, 2, (n, k), generator=rng).float()
+    rtg, mask = torch.rand(n, k, generator=rng) * 50, torch.ones(n, k, dtype=torch.bool)
+    ctx = _fixed_context(n)
+    shifted_ctx = {**ctx, "timestep": ctx["timestep"] + 40}
+    for positions, invariant in (("window", True), ("timestep", False)):
+        _, model, _ = _setup(reward_token=True, reencode=True, positions=positions)
+        with torch.no_grad():
+            early = model(rtg, obs, action, torch.arange(k).repeat(n, 1), mask, reward, ctx)
+            late = model(
+                rtg, obs, action, torch.arange(k).repeat(n, 1) + 50, mask, reward, shifted_ctx
+            )
+        assert torch.allclose(early, late, atol=1e-5) == invariant, positions
+
+
+def test_window_positions_need_reencoded_evaluation() -> None:
+    cfg, model, embedder = _setup(reward_token=True, reencode=False, positions="window")
+    with pytest.raises(ConfigError, match="agent.positions=window"):
+        RADTPolicy(model, cfg, torch.device("cpu"), seed=0, embedder=embedder)
+    with pytest.raises(ConfigError, match="agent.positions='absolute'"):
+        RADTConfig(positions="absolute")
 
 
 def test_empty_memory_equals_no_context() -> None:
