@@ -32,12 +32,17 @@ Pipeline of `python -m agents.radt train env=darkroom`:
 Results: `radt` (or `radt_lm`) rows in `results/<env>/icl_<w>x<h>.csv` through `icl.report`.
 
 Model: the DT of `agents.dt` with RA-DT's step tokens (s, R̂, a, r) (`reward_token`; a_t is
-predicted at R̂_t, so the policy sees the reward of its previous step) + timestep embedding,
-GPT (pos="none") with cross-attention after every self-attention block
+predicted at R̂_t, so the policy sees the reward of its previous step) + learned positions of
+the tokens within the K-step window (`positions: window`, the official `global_pos_embds`: no
+absolute timestep), GPT with cross-attention after every self-attention block
 (`GPTConfig(cross_attn=True)`). Retrieved steps are embedded with a separate set of embeddings
-(state/action/RTG/reward/timestep + LayerNorm, the official `separate_ca_embed`), deep copies of
-the policy's own at initialisation as in the official code, 4 tokens per step in the official
+(state/action/RTG/reward + LayerNorm, the official `separate_ca_embed`), deep copies of the
+policy's own at initialisation as in the official code, plus their own learned positions within
+the retrieved sub-trajectory (the official `crossattn_wpe`), 4 tokens per step in the official
 order (s, R̂, a, r) (`ctx_step_tokens: 1` sums them into one token per step instead).
+`positions: timestep` gives every token, retrieved ones too, an embedding of its episode step
+instead (what this module did before; it lets the policy align its step with the retrieved
+one's and replay it: trial 40 26.3 vs 47.0 with window positions, 3 seeds each).
 
 Deviations from the paper / official code:
 - sizes for 2 CPU cores: d_model 64, 2 layers, 4 heads, DT window K = 20 steps, 10K steps of
@@ -46,9 +51,7 @@ Deviations from the paper / official code:
   windows that end before their episode's first reward: the only steps where the retrieved
   sub-trajectory carries information the policy's own window lacks (where the goal is). The
   official sampler is uniform over steps (`pre_reward_frac: 0`);
-- RTG is a scalar / horizon (official: tokenised into 100 bins) and the positions are the
-  timestep embedding (official: global learned positions; retrieved tokens get the timestep
-  embedding instead of a `crossattn_wpe` table);
+- RTG is a scalar / horizon (official: tokenised into 100 bins);
 - query/key window = the DT window (K = 20 steps, mean over the state tokens of its last 25)
   instead of τ_{t-50:t};
 - the embedder DT is trained for `embedder.steps` (1500), shorter than the policy run; with
@@ -56,21 +59,22 @@ Deviations from the paper / official code:
 - evaluation re-encodes each env's last K steps with the current context every step, as the
   official code (`reencode: true`); `reencode: false` keeps a rolling KV cache instead, whose
   older entries were computed with the context retrieved at their own step (cheaper, exact only
-  while the context does not change; tested both ways);
+  while the context does not change; tested both ways; needs `positions: timestep`, as window
+  positions shift every step);
 - the eval memory embeds keys with the returns-to-go the finished episode actually had, the
   query with the policy's running target return (as in the official code);
 - the trainer's `sample_batch` carries retrieval statistics as 0-d arrays (`stat_*`), which the
   loss returns as metrics.
 
 Status (measured on 2 CPU cores, 3 seeds, `results/darkroom/README.md`): training retrieval hits
-the query's task ≈89% of the time (chance 1/80). With an oracle episode in each held-out task's
-memory the policy reaches the goal on 16-17 of 20 tasks (72-74 mean reward), so it exploits
-retrieved trajectories; but it rarely finds a new goal after the first trial: 20.8 at trial 1,
-26.3 at trial 40 with the official sampler (nucleus sampling, used before: 33.1 -> 27.2, a
-replay of its own retrieved failed episodes). In-context exploration, and with it the >= 75
-target, is not reached at this size. Trained on the paper's own data (PPO histories,
-`source=ppo`) at the CPU size it is no better (17.5 -> 13.4), so the data source is not the
-missing piece at this scale.
+the query's task ≈89% of the time (chance 1/80). Mean reward over the 20 held-out goals, trial
+1 -> 40: 30.1 -> 47.0 (seeds: 40.5 -> 32.4, 22.1 -> 59.5, 27.8 -> 49.0), below AD (83.8) and
+the >= 75 target. Exploration works (19 of 20 goals found by trial 40, and the task memories
+hold episodes that scored 64-90, which retrieval returns on 88-100% of the steps); exploitation
+does not: the policy does not reliably walk to the goal the retrieved sub-trajectory shows
+(with an optimal episode in each task's memory: 72-74). Trained on the paper's own data (PPO
+histories, `source=ppo`) at the CPU size with timestep positions it was no better
+(17.5 -> 13.4).
 """
 
 from __future__ import annotations

@@ -17,9 +17,10 @@ re-encoded window, see `rl_core.nn.gpt`), and the agreement after that is printe
 **RA-DT** (second row): `agents.radt.RADTPolicy` with the default config (random weights, a
 random frozen DT embedder), the 20 held-out goals batched over `--radt-trials` (40, the paper's
 protocol) consecutive episodes, per paper Algorithm 1 (each task's memory starts empty and gets
-every finished episode; retrieval every step, nucleus sampling top_p 0.5). ours =
+every finished episode; retrieval every step, the config's sampler). ours =
 `reencode: false` (rolling KV cache of the K-step window, the context retrieved at each step
-cross-attended by the new token); baseline = `reencode: true`, the official way (each env's
+cross-attended by the new token; it needs `positions: timestep`, a cache cannot hold learned
+window positions that shift every step); baseline = `reencode: true`, the official way (each env's
 last K steps re-run with the current context every step). Both share everything else, so the
 retrieval itself (query embedding, search, gather) is in both; `retrieval_share` is the part
 of an ours step spent in `RADTPolicy.retrieve`. The paper reports ~100 env-steps/s for RA-DT
@@ -104,8 +105,10 @@ def radt_rate(
     from agents.icl import evaluate_in_context
     from retrieval.embedders import DTEmbedder
 
+    # the rolling cache needs timestep positions (window positions shift every step)
+    positions = ["agent.positions=timestep"] if not reencode else []
     with initialize_config_module("configs", version_base="1.3"):
-        cfg = compose("radt")
+        cfg = compose("radt", overrides=positions)
     model, a, e = radt.build(cfg)  # untrained weights: the cost does not depend on them
     dt = DTModel((cfg.env.width, cfg.env.height), 5, model.horizon, radt._dt_config(a))
     embedder = DTEmbedder(dt, max_embed_len=e.max_embed_len, context_len=a.context_len).eval()
