@@ -97,14 +97,15 @@ class DTModel(nn.Module):
         self.obs_emb = MultiDiscreteEmbedding(obs_sizes, d)
         self.action_emb = nn.Embedding(n_actions, d)
         self.rtg_proj = nn.Linear(1, d)
-        self.time_emb = nn.Embedding(horizon, d)
+        self.window_positions = cfg.positions == "window"
+        # no unused parameters (DistributedDataParallel fails on them): one position scheme
+        self.time_emb = None if self.window_positions else nn.Embedding(horizon, d)
         self.reward_token = cfg.reward_token
         self.reward_proj = nn.Linear(1, d) if cfg.reward_token else None
         self.step_tokens = 4 if cfg.reward_token else 3
         self.state_index = 0 if cfg.reward_token else 1
         self.query_index = 1
         self.embed_ln = nn.LayerNorm(d)
-        self.window_positions = cfg.positions == "window"
         self.pos_emb = (
             nn.Embedding(self.step_tokens * cfg.context_len, d) if self.window_positions else None
         )
@@ -136,7 +137,7 @@ class DTModel(nn.Module):
         reward: Tensor | None = None,
     ) -> Tensor:
         """Interleave the step's tokens: (b n) inputs -> (b Sn d), S = `step_tokens`."""
-        t = 0.0 if self.window_positions else self.time_emb(timestep.long())
+        t = self.time_emb(timestep.long()) if self.time_emb is not None else 0.0
         r, s, a = (
             self.embed_rtg(rtg) + t,
             self.embed_obs(obs) + t,

@@ -210,6 +210,23 @@ def test_window_positions_carry_no_absolute_time() -> None:
         assert torch.allclose(early, late, atol=1e-5) == invariant, positions
 
 
+def test_window_positions_leave_no_parameter_unused() -> None:
+    """Every parameter gets a gradient (DistributedDataParallel fails on unused ones): with
+    window positions the timestep embeddings do not exist."""
+    cfg, model, _ = _setup(reward_token=True, reencode=True, positions="window")
+    assert model.time_emb is None and model.ctx_time_emb is None
+    k, n = cfg.context_len, 2
+    model.train()
+    logits = model(
+        torch.rand(n, k), torch.randint(0, 10, (n, k, 2)), torch.randint(0, 5, (n, k)),
+        torch.arange(k).repeat(n, 1), torch.ones(n, k, dtype=torch.bool),
+        torch.randint(0, 2, (n, k)).float(), _fixed_context(n),
+    )  # fmt: skip
+    logits.sum().backward()
+    unused = [name for name, p in model.named_parameters() if p.grad is None]
+    assert not unused
+
+
 def test_window_positions_need_reencoded_evaluation() -> None:
     cfg, model, embedder = _setup(reward_token=True, reencode=False, positions="window")
     with pytest.raises(ConfigError, match="agent.positions=window"):
