@@ -205,14 +205,14 @@ class DTPolicy:
 
     def __init__(self, model: DTModel, cfg: DTConfig, device: torch.device, seed: int) -> None:
         self.model, self.cfg, self.device = model, cfg, device
-        # a training window of K steps shows the query token of step t the S(K-1) + 2 tokens
-        # from the first token of step t-K+1 up to itself; a longer cache would also show the
-        # tail of step t-K, which no training window contains
         if model.window_positions and not self.reencodes:
             raise ConfigError(
                 "agent.positions=window: the rolling KV cache of this policy needs timestep "
                 "positions; use positions=timestep (or RA-DT's agent.reencode=true)"
             )
+        # a training window of K steps shows the query token of step t the S(K-1) + 2 tokens
+        # from the first token of step t-K+1 up to itself; a longer cache would also show the
+        # tail of step t-K, which no training window contains
         s = model.step_tokens
         self.window = s * cfg.context_len - (s - 2)
         self.generator = torch.Generator(device=device).manual_seed(seed)
