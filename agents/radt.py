@@ -209,11 +209,9 @@ class RADTModel(DTModel):
         obs, action, rtg, reward, timestep, mask = (
             flat(ctx[key]) for key in ("obs", "action", "rtg", "reward", "timestep", "mask")
         )
-        t = (
-            0.0
-            if self.window_positions
-            else self.ctx_time_emb(timestep.long().clamp(0, self.horizon - 1))
-        )
+        t = 0.0  # positions=window: the learned positions below instead
+        if self.ctx_time_emb is not None:
+            t = self.ctx_time_emb(timestep.long().clamp(0, self.horizon - 1))
         s = self.ctx_obs_emb(obs) + t
         r = self.ctx_rtg_proj((rtg.float() / self.horizon).unsqueeze(-1)) + t
         a = self.ctx_action_emb(action.long()) + t

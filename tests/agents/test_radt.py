@@ -113,6 +113,23 @@ def _fixed_context(n: int, seed: int = 1, length: int = 12) -> dict[str, torch.T
     }
 
 
+def _random_window(n: int, k: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A full K-step window of random steps, as the model's forward takes it."""
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "rtg": torch.rand(n, k, generator=g) * 50,
+        "obs": torch.randint(0, 10, (n, k, 2), generator=g),
+        "action": torch.randint(0, 5, (n, k), generator=g),
+        "timestep": torch.arange(k).repeat(n, 1),
+        "mask": torch.ones(n, k, dtype=torch.bool),
+        "reward": torch.randint(0, 2, (n, k), generator=g).float(),
+    }
+
+
+def _forward(model, w: dict[str, torch.Tensor], ctx) -> torch.Tensor:
+    return model(w["rtg"], w["obs"], w["action"], w["timestep"], w["mask"], w["reward"], ctx)
+
+
 def _roll(policy, n: int, steps: int, seed: int = 0):
     """Drive a policy for `steps` steps of one episode; record its inputs and logits."""
     rng = np.random.default_rng(seed)
@@ -192,21 +209,15 @@ def test_window_positions_carry_no_absolute_time() -> None:
     """positions=window (the official global positions): the same window and retrieved
     sub-trajectory give the same logits whatever episode step they come from; with timestep
     embeddings they do not (the policy could align its step with the retrieved one's)."""
-    rng = torch.Generator().manual_seed(0)
-    k, n = 8, 3
-    obs = torch.randint(0, 10, (n, k, 2), generator=rng)
-    action = torch.randint(0, 5, (n, k), generator=rng)
-    reward = torch.randint(0, 2, (n, k), generator=rng).float()
-    rtg, mask = torch.rand(n, k, generator=rng) * 50, torch.ones(n, k, dtype=torch.bool)
+    n = 3
     ctx = _fixed_context(n)
     shifted_ctx = {**ctx, "timestep": ctx["timestep"] + 40}
     for positions, invariant in (("window", True), ("timestep", False)):
-        _, model, _ = _setup(reward_token=True, reencode=True, positions=positions)
+        cfg, model, _ = _setup(reward_token=True, reencode=True, positions=positions)
+        window = _random_window(n, cfg.context_len)
         with torch.no_grad():
-            early = model(rtg, obs, action, torch.arange(k).repeat(n, 1), mask, reward, ctx)
-            late = model(
-                rtg, obs, action, torch.arange(k).repeat(n, 1) + 50, mask, reward, shifted_ctx
-            )
+            early = _forward(model, window, ctx)
+            late = _forward(model, {**window, "timestep": window["timestep"] + 50}, shifted_ctx)
         assert torch.allclose(early, late, atol=1e-5) == invariant, positions
 
 
@@ -215,14 +226,8 @@ def test_window_positions_leave_no_parameter_unused() -> None:
     window positions the timestep embeddings do not exist."""
     cfg, model, _ = _setup(reward_token=True, reencode=True, positions="window")
     assert model.time_emb is None and model.ctx_time_emb is None
-    k, n = cfg.context_len, 2
     model.train()
-    logits = model(
-        torch.rand(n, k), torch.randint(0, 10, (n, k, 2)), torch.randint(0, 5, (n, k)),
-        torch.arange(k).repeat(n, 1), torch.ones(n, k, dtype=torch.bool),
-        torch.randint(0, 2, (n, k)).float(), _fixed_context(n),
-    )  # fmt: skip
-    logits.sum().backward()
+    _forward(model, _random_window(2, cfg.context_len), _fixed_context(2)).sum().backward()
     unused = [name for name, p in model.named_parameters() if p.grad is None]
     assert not unused
 
@@ -275,14 +280,7 @@ def test_eval_memory_fills_with_finished_episodes() -> None:
 def test_model_forward_backward(n_layer: int) -> None:
     cfg, model, _ = _setup(n_layer, reward_token=True)
     model.train()
-    ctx = _fixed_context(2)
-    obs = torch.randint(0, 10, (2, cfg.context_len, 2))
-    act = torch.randint(0, 5, (2, cfg.context_len))
-    t = torch.arange(cfg.context_len).repeat(2, 1)
-    mask = torch.ones(2, cfg.context_len, dtype=torch.bool)
-    reward = torch.randint(0, 2, (2, cfg.context_len)).float()
-    logits = model(torch.rand(2, cfg.context_len), obs, act, t, mask, reward, ctx)
-    logits.sum().backward()
+    _forward(model, _random_window(2, cfg.context_len), _fixed_context(2)).sum().backward()
     assert model.ctx_obs_emb[0].weight.grad is not None
     assert model.gpt.blocks[0].cross.q.weight.grad is not None
 
