@@ -10,7 +10,7 @@ PNG of every agent's curve.
 from __future__ import annotations
 
 import csv
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from rl_core.config import to_dataclass
 from rl_core.data import EpisodeStore
 from rl_core.logging import Logger, LoggerConfig
 from rl_core.rollout import Policy, RolloutResult, rollout
+from rl_core.stats import bootstrap_ci
 from rl_core.tables import upsert_rows
 from rl_core.train import TrainConfig, Trainer
 from rl_core.utils import resolve_device
@@ -94,7 +95,7 @@ def read_curves(csv_path: Path) -> dict[str, np.ndarray]:
 
 
 def plot_curves(csv_path: Path, png_path: Path, optimum: float | None = None) -> Path:
-    """Mean ± std over seeds of each agent's in-context curve."""
+    """Mean over seeds of each agent's in-context curve, with its 95% bootstrap CI band."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,20 +104,39 @@ def plot_curves(csv_path: Path, png_path: Path, optimum: float | None = None) ->
     fig, ax = plt.subplots(figsize=(6, 4))
     for agent, curves in sorted(read_curves(csv_path).items()):
         x = np.arange(1, curves.shape[1] + 1)
-        mean, std = curves.mean(0), curves.std(0)
-        ax.plot(x, mean, label=f"{agent} ({curves.shape[0]} seed{'s' * (curves.shape[0] > 1)})")
-        ax.fill_between(x, mean - std, mean + std, alpha=0.2)
+        lo, hi = bootstrap_ci(curves)
+        ax.plot(
+            x,
+            curves.mean(0),
+            label=f"{agent} ({curves.shape[0]} seed{'s' * (curves.shape[0] > 1)})",
+        )
+        ax.fill_between(x, lo, hi, alpha=0.2)
     if optimum is not None:
         ax.axhline(optimum, color="k", ls="--", lw=1, label=f"optimal ({optimum:.1f})")
     ax.set_xlabel("trial (episode in context)")
     ax.set_ylabel("mean reward, held-out tasks")
-    ax.set_title(csv_path.stem)
+    ax.set_title(f"{csv_path.stem} (mean, 95% bootstrap CI over seeds)")
     ax.legend()
     fig.tight_layout()
     png_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
     return png_path
+
+
+def summary_table(csv_path: Path, trials: Sequence[int] = (1, 5, 10, 20, 40)) -> str:
+    """Markdown table: per agent, mean [95% bootstrap CI] over seeds at the given trials."""
+    curves = read_curves(csv_path)
+    head = "| agent | seeds | " + " | ".join(f"trial {t}" for t in trials) + " |"
+    lines = [head, "|---|---|" + "---|" * len(trials)]
+    for agent, c in sorted(curves.items()):
+        bad = [t for t in trials if not 1 <= t <= c.shape[1]]
+        if bad:
+            raise ValueError(f"{csv_path}: agent {agent} has trials 1..{c.shape[1]}, not {bad}")
+        lo, hi = bootstrap_ci(c)
+        cells = [f"{c[:, t - 1].mean():.1f} [{lo[t - 1]:.1f}, {hi[t - 1]:.1f}]" for t in trials]
+        lines.append(f"| {agent} | {c.shape[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def report(cfg: DictConfig, agent: str, curve: np.ndarray, logger: Any | None = None) -> Path:

@@ -7,7 +7,8 @@ import csv
 import numpy as np
 import pytest
 
-from agents.icl import plot_curves, read_curves, write_curve
+from agents.icl import plot_curves, read_curves, summary_table, write_curve
+from agents.icl_table import main
 
 
 def rows(path) -> list[tuple[str, str, str, str]]:
@@ -52,3 +53,19 @@ def test_plot_curves_writes_a_png(tmp_path):
     assert curves["ad"].shape == (2, 5) and curves["dt"].shape == (1, 5)
     png = plot_curves(path, tmp_path / "plots" / "icl.png", optimum=90.05)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_summary_table_gives_mean_and_ci_per_agent(tmp_path, capsys):
+    path = tmp_path / "icl.csv"
+    write_curve(path, "ad", 0, np.array([10.0, 40.0, 60.0]))
+    write_curve(path, "ad", 1, np.array([20.0, 50.0, 80.0]))
+    write_curve(path, "dt", 0, np.array([5.0, 5.0, 6.0]))
+    table = summary_table(path, trials=(1, 3)).splitlines()
+    assert table[0] == "| agent | seeds | trial 1 | trial 3 |"
+    ad_first, ad_last = (cell.strip() for cell in table[2].split("|")[3:5])
+    assert ad_first.startswith("15.0 [10.0, ") and ad_last.startswith("70.0 [60.0, ")
+    assert table[3] == "| dt | 1 | 5.0 [5.0, 5.0] | 6.0 [6.0, 6.0] |"
+    with pytest.raises(ValueError, match="trials 1..3, not \\[40\\]"):
+        summary_table(path, trials=(1, 40))
+    main([str(path), "--trials", "3"])
+    assert "| ad | 2 | 70.0 [60.0, 80.0] |" in capsys.readouterr().out
