@@ -168,6 +168,17 @@ def sampler(path: Path) -> Iterator[Row]:
         )
 
 
+def prefetch(path: Path) -> Iterator[Row]:
+    for r in _rows(path):
+        yield _row(
+            r,
+            "RA-DT training, next batch sampled in the background",
+            _device(r),
+            f"{_num(r['ours'])} steps/s",
+            f"{_num(r['baseline'])} (inline)",
+        )
+
+
 SECTIONS: list[tuple[str, str, Callable[[Path], Iterator[Row]]]] = [
     ("Learning histories", "ppo_vs_sb3.json", ppo),
     ("DT training", "dt_train_vs_hf.json", dt_train),
@@ -175,6 +186,7 @@ SECTIONS: list[tuple[str, str, Callable[[Path], Iterator[Row]]]] = [
     ("Retrieval", "retrieval_speed.json", retrieval),
     ("Scale-out", "ddp.json", ddp),
     ("Data loading", "sampler_speed.json", sampler),
+    ("Training input pipeline", "prefetch_speed.json", prefetch),
 ]
 # What limits an unmet goal, from the profiles in README.md (kept here so the table says it).
 LIMITS: dict[str, str] = {

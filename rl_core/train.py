@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from rl_core.prefetch import BatchPrefetcher
 from rl_core.utils import atomic_torch_save, dist_info, resolve_device, seed_everything
 
 _LOG = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class TrainConfig:
     amp: bool = True  # bf16 autocast; only used on CUDA with bf16 support
     compile: bool = False  # torch.compile; only used on CUDA
     progress: bool = True  # tqdm bar on rank 0
+    prefetch: bool = False  # draw the next batch in a background thread (rl_core.prefetch)
 
 
 def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
@@ -238,33 +240,46 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)  # no stale gradients from before fit()
         window = _Window()
         last_eval = last_ckpt = -1
-        while step < cfg.steps:
-            batch = _to_device(self.sample_batch(cfg.batch_size, rng), device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp_used):
-                loss, metrics = self.loss_fn(train_model, batch)
-            loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            step += 1
-            bar.update(1)
-            window.add(loss, grad_norm, metrics)
+        prefetcher = None
+        if cfg.prefetch:
+            prefetcher = BatchPrefetcher(self.sample_batch, cfg.batch_size, rng)
+        try:
+            while step < cfg.steps:
+                batch = prefetcher.next() if prefetcher else self.sample_batch(cfg.batch_size, rng)
+                batch = _to_device(batch, device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp_used):
+                    loss, metrics = self.loss_fn(train_model, batch)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                step += 1
+                bar.update(1)
+                window.add(loss, grad_norm, metrics)
 
-            if (cfg.log_every > 0 and step % cfg.log_every == 0) or step == cfg.steps:
-                row = window.flush(step, lr, cfg.batch_size * world_size)
-                if is_main:
-                    bar.set_postfix(loss=f"{row['train/loss']:.4g}", refresh=False)
-                    self._log(row)
-            if cfg.eval_every > 0 and step % cfg.eval_every == 0:
-                with window.paused():
-                    self._evaluate(model, step, is_main)
-                last_eval = step
-            if cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0:
-                with window.paused():
-                    self._save(model, optimizer, scheduler, rng, step, is_main, world_size)
-                last_ckpt = step
+                if (cfg.log_every > 0 and step % cfg.log_every == 0) or step == cfg.steps:
+                    row = window.flush(step, lr, cfg.batch_size * world_size)
+                    if is_main:
+                        bar.set_postfix(loss=f"{row['train/loss']:.4g}", refresh=False)
+                        self._log(row)
+                if cfg.eval_every > 0 and step % cfg.eval_every == 0:
+                    with window.paused():
+                        self._evaluate(model, step, is_main)
+                    last_eval = step
+                if cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0:
+                    with window.paused():
+                        pending = prefetcher.pending_rng_state if prefetcher else None
+                        self._save(
+                            model, optimizer, scheduler, rng, step, is_main, world_size, pending
+                        )
+                    last_ckpt = step
+        finally:
+            if prefetcher is not None:
+                prefetcher.close()
+                # rewind past the batch drawn ahead and never trained on, as if sampled inline
+                rng.bit_generator.state = prefetcher.pending_rng_state
         bar.close()
 
         if last_eval != step:
@@ -326,9 +341,12 @@ class Trainer:
         step: int,
         is_main: bool,
         world_size: int,
+        numpy_state: dict[str, Any] | None = None,
     ) -> None:
         """Every rank contributes its RNG state; rank 0 writes; the others wait for the file."""
         rng_state = _rng_state(rng, self.device)
+        if numpy_state is not None:  # the generator is busy drawing the prefetched batch
+            rng_state["numpy"] = numpy_state
         if world_size > 1:
             states: list[Any] = [None] * world_size
             dist.all_gather_object(states, rng_state)

@@ -1,5 +1,6 @@
-"""Smoke tests of benchmarks/ppo_vs_sb3.py, ddp.py (index part) and summary.py: tiny sizes,
-JSON structure and the checks each benchmark makes, no timing assertions."""
+"""Smoke tests of benchmarks/ppo_vs_sb3.py, ddp.py (index part), icl_eval_speed.py,
+prefetch_speed.py and summary.py: tiny sizes, JSON structure and the checks each benchmark
+makes, no timing assertions."""
 
 from __future__ import annotations
 
@@ -73,6 +74,16 @@ def test_icl_eval_speed_rows_for_ad_and_radt(tmp_path: Path) -> None:
     assert 0 < radt["retrieval_share"]["ours"] < 1  # the second trial retrieves from trial 1
     for r in rows:
         assert r["ours"] > 0 and r["baseline"] > 0 and "icl_eval_speed.py" in r["command"]
+
+
+def test_prefetch_speed_trains_the_same_weights(tmp_path: Path) -> None:
+    bench = load_benchmark("prefetch_speed")
+    out = tmp_path / "prefetch.json"
+    row = bench.main(["--steps", "6", "--repeats", "1", "--threads", "1", "--out", str(out),
+                      f"data_dir={tmp_path / 'data'}", "source.episodes=2"])  # fmt: skip
+    assert row == json.loads(out.read_text())
+    assert row["same_weights"] is True  # prefetching draws the same batches in the same order
+    assert row["ours"] > 0 and row["baseline"] > 0 and "prefetch_speed.py" in row["command"]
 
 
 def test_summary_has_a_row_per_measurement(tmp_path: Path) -> None:
