@@ -10,18 +10,39 @@ generator. Checkpoints must not read that generator while the worker uses it, so
 taken just before the pending draw is kept (`pending_rng_state`): restoring it replays the
 batch that was prefetched but not trained on. A sampler that draws from torch's global RNG
 would race with dropout in the main thread; such samplers must not be prefetched.
+
+On CPU the worker needs a core of its own: with torch's intra-op pool on every core, the model
+step and the worker's embedder fight over them (RA-DT, 2 cores: 11.4 steps/s prefetched vs 14.2
+inline). `worker_core` gives the model one thread fewer while prefetching (14.9 steps/s).
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
+import torch
 
 SampleFn = Callable[[int, np.random.Generator], Mapping[str, Any]]
+
+
+@contextmanager
+def worker_core(device: torch.device) -> Iterator[None]:
+    """On CPU, run the block with one intra-op thread fewer (at least one), leaving a core to
+    the prefetch worker; restore the thread count after."""
+    threads = torch.get_num_threads()
+    reserve = device.type == "cpu" and threads > 1
+    if reserve:
+        torch.set_num_threads(threads - 1)
+    try:
+        yield
+    finally:
+        if reserve:
+            torch.set_num_threads(threads)
 
 
 class BatchPrefetcher:

@@ -21,7 +21,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from rl_core.prefetch import BatchPrefetcher
+from rl_core.prefetch import BatchPrefetcher, worker_core
 from rl_core.utils import atomic_torch_save, dist_info, resolve_device, seed_everything
 
 _LOG = logging.getLogger(__name__)
@@ -241,8 +241,10 @@ class Trainer:
         window = _Window()
         last_eval = last_ckpt = -1
         prefetcher = None
+        cores = ExitStack()
         if cfg.prefetch:
             prefetcher = BatchPrefetcher(self.sample_batch, cfg.batch_size, rng)
+            cores.enter_context(worker_core(device))
         try:
             while step < cfg.steps:
                 batch = prefetcher.next() if prefetcher else self.sample_batch(cfg.batch_size, rng)
@@ -276,6 +278,7 @@ class Trainer:
                         )
                     last_ckpt = step
         finally:
+            cores.close()
             if prefetcher is not None:
                 prefetcher.close()
                 # rewind past the batch drawn ahead and never trained on, as if sampled inline

@@ -8,11 +8,34 @@ import numpy as np
 import pytest
 import torch
 
-from rl_core.prefetch import BatchPrefetcher
+from rl_core.prefetch import BatchPrefetcher, worker_core
 from rl_core.train import TrainConfig, Trainer
 from tests.rl_core import train_script as ts
 
 STEPS, CKPT = 30, 10
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Prefetching gives the model one intra-op thread fewer (`worker_core`), and float sums
+    depend on the thread count: equality with inline training holds at one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_worker_core_leaves_one_cpu_thread_to_the_prefetch_worker_and_restores_the_count():
+    torch.set_num_threads(2)
+    with worker_core(torch.device("cpu")):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == 2
+    torch.set_num_threads(1)
+    with worker_core(torch.device("cpu")):
+        assert torch.get_num_threads() == 1  # never below one
+    torch.set_num_threads(3)
+    with worker_core(torch.device("cuda")):
+        assert torch.get_num_threads() == 3  # the GPU does the model step
 
 
 def fit(run_dir: Path, *, prefetch: bool, sample=ts.sample_batch, resume: bool = False):
