@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -48,6 +47,7 @@ from rl_core.config import ConfigError, to_dataclass
 from rl_core.logging import Logger, LoggerConfig
 from rl_core.rollout import rollout
 from rl_core.tables import upsert_rows
+from rl_core.utils import atomic_write_text
 
 COLUMNS = (
     "game",
@@ -302,16 +302,6 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------- result files
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def read_summary(path: str | Path) -> list[dict[str, Any]]:
     """Rows of a summary table (numbers parsed); [] if the file does not exist."""
     path = Path(path)
@@ -414,7 +404,7 @@ def write_markdown(
             reference_table(summary, reference),
         ]
     text = "\n\n".join(p for p in parts if p) + "\n"
-    _atomic_write(Path(path), text)
+    atomic_write_text(path, text)
     return text
 
 

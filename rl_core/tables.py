@@ -2,15 +2,21 @@
 
 Why: `results/*.csv` collect rows from many runs (agents x seeds x ...); a run must replace only
 the rows it owns (same key columns), never lose other rows, and never leave a half-written file.
+Runs often finish side by side (seeds in parallel, Hydra multirun launchers), so each update is
+a read-modify-write under a file lock (`filelock`, a hidden `.<name>.lock` beside the table) and
+writes through `rl_core.utils.atomic_write` (a temporary file of its own, then an atomic rename).
 """
 
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from filelock import FileLock
+
+from rl_core.utils import atomic_write
 
 
 def read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
@@ -38,15 +44,15 @@ def upsert_rows(
     path = Path(path)
     new = [{c: str(r[c]) for c in columns} for r in rows]
     owned = {tuple(r[k] for k in key) for r in new}
-    kept = [r for r in read_rows(path, columns) if tuple(r[k] for k in key) not in owned]
-    table = sorted(kept + new, key=sort_key)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(table)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        kept = [r for r in read_rows(path, columns) if tuple(r[k] for k in key) not in owned]
+        table = sorted(kept + new, key=sort_key)
+
+        def write(f: IO[str]) -> None:
+            writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(table)
+
+        atomic_write(path, write, text=True)
     return table

@@ -8,8 +8,9 @@ from __future__ import annotations
 import os
 import random
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import numpy as np
 import torch
@@ -78,20 +79,24 @@ def dist_info() -> tuple[int, int, int]:
     return rank, local_rank, world_size
 
 
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` that never leaves a half-written file at ``path``.
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[IO[Any]], Any], *, text: bool = False
+) -> None:
+    """Write ``path`` through ``write(f)`` so that it never holds a half-written file.
 
-    Writes to a temporary file in the same directory (same file system, so the rename is
-    atomic), flushes and fsyncs it, ``os.replace``s it over ``path`` and fsyncs the directory
-    so the rename itself survives a crash. A process killed mid-save leaves the old file intact.
+    Writes to a temporary file of its own in the same directory (same file system, so the
+    rename is atomic; its own, so concurrent writers never share one), flushes and fsyncs it,
+    ``os.replace``s it over ``path`` and fsyncs the directory so the rename itself survives a
+    crash. A process killed mid-write leaves the old file intact. ``text=True`` opens it in
+    text mode with ``newline=""`` (csv's convention: the writer chooses line endings).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "w" if text else "wb", **({"newline": ""} if text else {})) as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -99,6 +104,16 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         Path(tmp).unlink(missing_ok=True)
         raise
     _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike, content: str) -> None:
+    """`atomic_write` of a string."""
+    atomic_write(path, lambda f: f.write(content), text=True)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """``torch.save`` that never leaves a half-written file at ``path`` (`atomic_write`)."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def _fsync_dir(directory: Path) -> None:
