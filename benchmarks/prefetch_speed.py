@@ -15,7 +15,8 @@ prefetched run and an inline one end with identical weights at one thread (float
 the thread count, so the timed runs above one thread differ in the last bits). The embedder has random weights (the cost does not depend on them). Runs
 alternate (inline, prefetch, inline, prefetch) and the best of each is kept.
 
-    python benchmarks/prefetch_speed.py                 # writes results/bench/prefetch_speed.json
+    python benchmarks/prefetch_speed.py --threads 2     # writes (its row of) results/bench/prefetch_speed.json
+    python benchmarks/prefetch_speed.py --threads 1     # one row per thread count
     python benchmarks/prefetch_speed.py --steps 20 --repeats 1 --out /tmp/p.json data_dir=/tmp/d source.episodes=4
 """
 
@@ -41,6 +42,7 @@ from agents.dt import DTModel  # noqa: E402
 from agents.sources import learning_histories  # noqa: E402
 from rl_core.config import to_dataclass  # noqa: E402
 from rl_core.train import TrainConfig, Trainer  # noqa: E402
+from rl_core.utils import atomic_write_text  # noqa: E402
 
 
 def build_sampler(cfg, a, e, model) -> radt.RetrievalSampler:
@@ -119,8 +121,13 @@ def main(argv: list[str] | None = None) -> dict:
         "command": command,
     }
     print(f"prefetch / inline: {row['ratio']:.2f}x (same weights: {same})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(row, indent=1) + "\n")
+    # one row per thread count: runs at other counts stay in the file
+    old = json.loads(args.out.read_text()) if args.out.exists() else []
+    old = old if isinstance(old, list) else [old]
+    rows = sorted(
+        [r for r in old if r.get("threads") != args.threads] + [row], key=lambda r: r["threads"]
+    )
+    atomic_write_text(args.out, json.dumps(rows, indent=1) + "\n")
     return row
 
 
