@@ -79,9 +79,10 @@ def test_icl_eval_speed_rows_for_ad_and_radt(tmp_path: Path) -> None:
 def test_prefetch_speed_trains_the_same_weights(tmp_path: Path) -> None:
     bench = load_benchmark("prefetch_speed")
     out = tmp_path / "prefetch.json"
+    out.write_text(json.dumps({"threads": 2, "ours": 1.0}))  # a row of another thread count
     row = bench.main(["--steps", "6", "--repeats", "1", "--threads", "1", "--out", str(out),
                       f"data_dir={tmp_path / 'data'}", "source.episodes=2"])  # fmt: skip
-    assert row == json.loads(out.read_text())
+    assert json.loads(out.read_text()) == [row, {"threads": 2, "ours": 1.0}]  # one row per count
     assert row["same_weights"] is True  # prefetching draws the same batches in the same order
     assert row["ours"] > 0 and row["baseline"] > 0 and "prefetch_speed.py" in row["command"]
 
