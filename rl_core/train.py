@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import pickle
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -298,7 +299,7 @@ class Trainer:
         if device.type == "cuda" and world_size > 1:
             device = torch.device("cuda", local_rank)  # one GPU per process under torchrun
         if device.type == "cuda" and device.index is not None:
-            torch.cuda.set_device(device)  # so NCCL and all_gather_object use this GPU
+            torch.cuda.set_device(device)  # so NCCL collectives use this GPU
         return device
 
     def _init_distributed(self) -> bool:
@@ -350,11 +351,9 @@ class Trainer:
         rng_state = _rng_state(rng, self.device)
         if numpy_state is not None:  # the generator is busy drawing the prefetched batch
             rng_state["numpy"] = numpy_state
-        if world_size > 1:
-            states: list[Any] = [None] * world_size
-            dist.all_gather_object(states, rng_state)
-        else:
-            states = [rng_state]
+        states = (
+            _gather_to_main(rng_state, f"rng/{step}", is_main) if world_size > 1 else [rng_state]
+        )
         if is_main:
             ckpt = {
                 "version": CHECKPOINT_VERSION,
@@ -405,6 +404,28 @@ class Trainer:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _gather_to_main(obj: Any, key: str, is_main: bool) -> list[Any] | None:
+    """Every rank's ``obj`` on rank 0 (a list by rank; None elsewhere), through the rendezvous store.
+
+    Not ``all_gather_object``: its tensors are created in Python, and gloo's worker thread frees
+    the finished work (and with it those tensors, which needs the GIL) some time after the call
+    returns. After the last checkpoint that can fall into interpreter shutdown, and the process
+    aborts ("terminate called without an active exception"; seen in about 1 of 30 torchrun runs
+    on 2 busy cores: the DDP reducer keeps the process group and its threads alive until exit).
+    The store is a plain TCP key-value exchange on the calling thread, with no such work.
+    """
+    store = dist.distributed_c10d._get_default_store()
+    rank, world_size = dist.get_rank(), dist.get_world_size()
+    store.set(f"icrl/{key}/{rank}", pickle.dumps(obj))
+    if not is_main:
+        return None
+    names = [f"icrl/{key}/{r}" for r in range(world_size)]
+    values = [pickle.loads(store.get(name)) for name in names]  # get waits for the key
+    for name in names:
+        store.delete_key(name)
+    return values
 
 
 class _Window:
