@@ -16,9 +16,9 @@ done in ``forward``; under ``torch.compile`` only ``forward`` is compiled.
 from __future__ import annotations
 
 import dataclasses
+import io
 import logging
 import math
-import pickle
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -415,14 +415,21 @@ def _gather_to_main(obj: Any, key: str, is_main: bool) -> list[Any] | None:
     aborts ("terminate called without an active exception"; seen in about 1 of 30 torchrun runs
     on 2 busy cores: the DDP reducer keeps the process group and its threads alive until exit).
     The store is a plain TCP key-value exchange on the calling thread, with no such work.
+    Values travel as ``torch.save`` bytes and are read back with ``weights_only=True``, like the
+    checkpoint they go into.
     """
     store = dist.distributed_c10d._get_default_store()
     rank, world_size = dist.get_rank(), dist.get_world_size()
-    store.set(f"icrl/{key}/{rank}", pickle.dumps(obj))
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    store.set(f"icrl/{key}/{rank}", buffer.getvalue())
     if not is_main:
         return None
     names = [f"icrl/{key}/{r}" for r in range(world_size)]
-    values = [pickle.loads(store.get(name)) for name in names]  # get waits for the key
+    values = [  # get waits for the key
+        torch.load(io.BytesIO(store.get(name)), map_location="cpu", weights_only=True)
+        for name in names
+    ]
     for name in names:
         store.delete_key(name)
     return values
