@@ -35,6 +35,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as a script from a checkout without installing
 
+from rl_core.utils import atomic_write_text  # noqa: E402
+
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -206,8 +208,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
               f"{row['ratio']}x")  # fmt: skip
     kinds = {r["what"].split()[0] for r in new}
     rows = [r for r in rows if r["what"].split()[0] not in kinds] + new
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(rows, indent=2) + "\n")
     return rows
 
 

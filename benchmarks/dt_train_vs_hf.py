@@ -51,6 +51,7 @@ from torch import Tensor, nn  # noqa: E402
 
 from agents.dt import DTConfig, DTModel, dt_loss  # noqa: E402
 from rl_core.nn import MultiDiscreteEmbedding  # noqa: E402
+from rl_core.utils import atomic_write_text  # noqa: E402
 
 GRID, N_ACTIONS, HORIZON = 10, 5, 100  # Dark-Room 10x10, horizon 100
 
@@ -199,8 +200,7 @@ def write(out: Path, row: dict[str, Any]) -> None:
     rows = [r for r in old if key(r) != key(row)] + [row]
     rows.sort(key=lambda r: (r["machine"]["device"], -r["machine"]["threads"], r["bf16"],
                              r["compile"]))  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(rows, indent=2) + "\n")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

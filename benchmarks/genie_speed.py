@@ -85,6 +85,7 @@ from rl_core.nn.st_transformer import (  # noqa: E402
     STTransformer,
     attention_score_entries,
 )
+from rl_core.utils import atomic_write_text  # noqa: E402
 
 OUT = ROOT / "results/bench/genie_speed.json"
 
@@ -443,8 +444,7 @@ def write(out: Path, rows: list[dict[str, Any]], info: dict[str, Any]) -> None:
     kept = [r for r in data["rows"] if row_key(r) not in new]
     data["rows"] = kept + rows
     data["machines"][info["device"]] = info
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out, json.dumps(data, indent=2, allow_nan=False) + "\n")
 
 
 def finite_or_none(x: Any) -> Any:

@@ -51,6 +51,7 @@ from agents.ad import ADConfig, ADModel, ADPolicy  # noqa: E402
 from envs.darkroom import DarkRoomTasks  # noqa: E402
 from rl_core.nn.sampling import sample_logits  # noqa: E402
 from rl_core.rollout import ActionRecorder, rollout  # noqa: E402
+from rl_core.utils import atomic_write_text  # noqa: E402
 
 
 class ReencodePolicy:
@@ -276,8 +277,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     old = old if isinstance(old, list) else [old]
     new_keys = {key(r) for r in rows}
     merged = [r for r in old if key(r) not in new_keys] + rows
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(merged, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(merged, indent=2) + "\n")
     print(f"wrote {args.out}")
     return rows
 

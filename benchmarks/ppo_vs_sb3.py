@@ -43,6 +43,7 @@ import torch  # noqa: E402
 
 from agents.ppo import PPOConfig, train_ppo_histories  # noqa: E402
 from envs.darkroom import DarkRoomEnv, DarkRoomTasks  # noqa: E402
+from rl_core.utils import atomic_write_text  # noqa: E402
 
 HORIZON = 100  # Dark-Room 10x10 episode length
 
@@ -114,8 +115,7 @@ def merge_rows(path: Path, row: dict[str, Any], keys: tuple[str, ...]) -> list[d
     rows = json.loads(path.read_text()) if path.exists() else []
     rows = rows if isinstance(rows, list) else [rows]
     rows = [r for r in rows if any(r.get(k) != row[k] for k in keys)] + [row]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
     return rows
 
 

@@ -58,6 +58,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(ROOT))  # runnable as a script from a checkout without installing
 from retrieval.index import IndexConfig, TrajectoryIndex  # noqa: E402
+from rl_core.utils import atomic_write_text  # noqa: E402
 
 
 def clustered(n: int, dim: int, rng: np.random.Generator, centres: np.ndarray) -> np.ndarray:
@@ -217,8 +218,7 @@ def main() -> None:
     if ARGS.overhead_episodes:
         print("\nretrieval overhead in RA-DT evaluation", flush=True)
         rows.append(bench_radt_overhead(command))
-    ARGS.out.parent.mkdir(parents=True, exist_ok=True)
-    ARGS.out.write_text(json.dumps(rows, indent=1) + "\n")
+    atomic_write_text(ARGS.out, json.dumps(rows, indent=1) + "\n")
     print(f"\nwrote {ARGS.out}")
 
 

@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as a script from a checkout without installing
 
 from rl_core.data import DTWindowSampler, EpisodeStore, export_minari  # noqa: E402
+from rl_core.utils import atomic_write_text  # noqa: E402
 
 
 def build_store(root: Path, episodes: int, steps: int, seed: int) -> EpisodeStore:
@@ -183,8 +184,7 @@ def main() -> None:
     for name, r in rows:
         print(f"{name:<34} {r:>12.1f} {r / med['base']:>11.1f}")
     print(f"ratio ours/baseline = {result['ratio']}  (setup: {result['setup_s']})")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # runnable as a script from a checkout without installing
+
+from rl_core.utils import atomic_write_text  # noqa: E402
+
 Row = dict[str, str]
 
 
@@ -246,7 +251,7 @@ def main(argv: list[str] | None = None) -> Path:
     p.add_argument("--bench-dir", type=Path, default=ROOT / "results/bench")
     args = p.parse_args(argv)
     out = args.bench_dir / "summary.md"
-    out.write_text(render(args.bench_dir))
+    atomic_write_text(out, render(args.bench_dir))
     print(f"wrote {out}")
     return out
 

@@ -96,6 +96,7 @@ from agents.world_model_common import to_torch  # noqa: E402
 from rl_core.config import to_dataclass  # noqa: E402
 from rl_core.model_based import Component, ComponentSchedule, train_component  # noqa: E402
 from rl_core.nn.sampling import sample_logits  # noqa: E402
+from rl_core.utils import atomic_write_text  # noqa: E402
 
 TINY = {  # for tests/test_world_model_speed_bench.py: seconds, not minutes
     "tokenizer": {"channels": 8, "latent_dim": 8, "token_dim": 8, "codebook_size": 16,
@@ -853,8 +854,7 @@ def write(out: Path, rows: list[dict[str, Any]], info: dict[str, Any], command: 
         "rows": merged,
         "ratios": ratios(merged),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    atomic_write_text(out, json.dumps(data, indent=2, default=float) + "\n")
 
 
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
