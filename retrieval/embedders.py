@@ -71,7 +71,11 @@ def masked_state_mean(
     if max_embed_len is not None:
         h, mask = h[:, -max_embed_len:], mask[:, -max_embed_len:]
     if dropout > 0:
-        keep = torch.rand(h.shape[:2], generator=generator, device=h.device) >= dropout
+        # drawn where the generator lives (CPU in the samplers), then moved: same draws on any device
+        gen_device = generator.device if generator is not None else h.device
+        keep = (
+            torch.rand(h.shape[:2], generator=generator, device=gen_device).to(h.device) >= dropout
+        )
         h = h * keep.unsqueeze(-1)
     w = mask.to(h.dtype).unsqueeze(-1)
     return (h * w).sum(1) / (w.sum(1) + 1e-8)

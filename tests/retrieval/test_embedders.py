@@ -65,6 +65,17 @@ def test_query_dropout_zeroes_steps_without_rescaling():
     assert (out <= 1.0 + 1e-6).all()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_query_dropout_with_a_cpu_generator_on_cuda_features():
+    """The samplers' generator lives on the CPU; features may be on the GPU (found on an H100)."""
+    h, mask = torch.ones(64, 10, 3), torch.ones(64, 10, dtype=torch.bool)
+    cpu = masked_state_mean(h, mask, dropout=0.2, generator=torch.Generator().manual_seed(0))
+    gpu = masked_state_mean(
+        h.cuda(), mask.cuda(), dropout=0.2, generator=torch.Generator().manual_seed(0)
+    )
+    torch.testing.assert_close(gpu.cpu(), cpu)  # the same draws on either device
+
+
 # ----------------------------------------------------------------------------- frozen DT
 
 
