@@ -202,8 +202,9 @@ def heldout_store(cfg: DictConfig, action_space: gym.Space) -> EpisodeStore:
 
 
 def write_heldout_rows(cfg: DictConfig, agent: str, rows: list[dict[str, Any]]) -> Path:
-    """`results/<agent>/heldout.csv` rows (model vs baseline per metric) of this env."""
-    label = env_label(cfg.env)
+    """`results/<agent>/heldout.csv` rows (model vs baseline per metric) of this env; an
+    experiment's `agent.results_tag` (e.g. `@app_f`) keeps its rows beside the default config's."""
+    label = env_label(cfg.env) + str(OmegaConf.select(cfg, "agent.results_tag", default="") or "")
     out = [{"env": label, **{k: r[k] for k in HELDOUT_COLUMNS[1:4]},
             "value_model": f"{r['value_model']:.6g}", "value_baseline": f"{r['value_baseline']:.6g}"}
            for r in rows]  # fmt: skip

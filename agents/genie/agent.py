@@ -6,7 +6,7 @@ deviations are documented in `tokenizer.py`, `lam.py` and `dynamics.py`; this mo
 
 * `collect`: a uniformly random policy (the paper's CoinRun case study, App. F) runs
   `agent.collect.steps` env steps through `rl_core.rollout.StepCollector` into an EpisodeStore at
-  `${data_dir}/genie/<env>__random__seed<seed>` (reused when it already holds enough steps;
+  `${data_dir}/genie/<env>__random__seed<seed>_<hash of the env config>` (reused when it already holds enough steps;
   `train` collects it itself when missing). Frames are stored at the env's size (CoinRun 64x64)
   and resized to `agent.image_size` (32 by default, area averaging) when batches are drawn, so
   the tokenizer at patch 4 sees 64 tokens per frame (reference world_models.md §6.5).
@@ -63,6 +63,7 @@ from rl_core.cli import setup_run
 from rl_core.config import ConfigError, to_dataclass
 from rl_core.data import EpisodeStore
 from rl_core.data.segments import SegmentSampler
+from rl_core.data.store import cache_root
 from rl_core.imagination_eval import write_strip_gif, write_strip_png
 from rl_core.logging import Logger, LoggerConfig
 from rl_core.model_based import Component, ComponentSchedule, train_component
@@ -180,8 +181,11 @@ def valid_clips(
 
 
 def store_path(cfg: DictConfig) -> Path:
+    """One store per env recipe: `experiment=coinrun`'s hard-mode levels must not reuse (or extend)
+    the default easy-mode frames, so every env setting is in the folder's hash."""
     label = re.sub(r"[^A-Za-z0-9.-]+", "_", env_label(cfg.env))
-    return Path(cfg.data_dir) / AGENT / f"{label}__random__seed{int(cfg.seed)}"
+    env_attrs = OmegaConf.to_container(cfg.env, resolve=True)
+    return cache_root(cfg.data_dir, AGENT, f"{label}__random__seed{int(cfg.seed)}", env_attrs)
 
 
 def action_space(cfg: DictConfig) -> gym.spaces.Discrete:

@@ -104,3 +104,36 @@ def test_play_rejects_a_bad_action_index(tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert "0..7" in proc.stderr and "8" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_coinrun_experiment_builds_app_f_sizes_with_its_own_data_and_rows(tmp_path: Path) -> None:
+    """experiment=coinrun holds Genie App. F's sizes, and neither reuses the default config's
+    easy-mode frames nor overwrites its result rows."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from agents.genie.agent import build, store_path
+    from agents.world_model_common import write_heldout_rows
+
+    over = [f"data_dir={tmp_path / 'data'}", f"results_dir={tmp_path / 'results'}"]
+    with initialize_config_module("configs", version_base="1.3"):
+        paper = compose("genie", overrides=["experiment=coinrun", *over])
+        default = compose("genie", overrides=over)
+    assert (paper.env.distribution_mode, paper.env.num_levels) == ("hard", 10000)
+    assert store_path(paper) != store_path(default)  # hard-mode levels in their own store
+    m = build(paper)
+    assert (m.image_size, m.clip_frames) == (64, 16)
+    assert m.tokenizer.cfg.tokens_per_frame == 256  # 64x64 at patch 4
+    assert (m.dynamics.cfg.vocab_size, m.dynamics.cfg.num_actions) == (1024, 6)
+    assert (m.dynamics.cfg.n_layer, m.dynamics.cfg.d_model, m.dynamics.cfg.maskgit_steps) == (
+        12, 512, 25,
+    )  # fmt: skip
+    assert (m.tokenizer.cfg.n_layer, m.lam.cfg.n_layer, m.lam.cfg.patch) == (8, 8, 16)
+    row = {"metric": "tokenizer_psnr", "model": "tokenizer", "baseline": "mean_frame",
+           "value_model": 1.0, "value_baseline": 0.0}  # fmt: skip
+    write_heldout_rows(default, "genie", [row])
+    path = write_heldout_rows(paper, "genie", [{**row, "value_model": 2.0}])
+    with open(path) as f:
+        envs = sorted(r["env"] for r in csv.DictReader(f))
+    label = OmegaConf.select(default, "agent.results_tag")
+    assert label == "" and envs == ["procgen/coinrun", "procgen/coinrun@app_f"]
