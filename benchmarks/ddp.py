@@ -35,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # runnable as a script from a checkout without installing
 
-from rl_core.utils import atomic_write_text  # noqa: E402
+from rl_core.tables import upsert_json_rows  # noqa: E402
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
@@ -196,7 +196,6 @@ def index_row(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     args = parse(argv)
     command = "python " + shlex.join(["benchmarks/ddp.py", *(argv or sys.argv[1:])])
-    rows = json.loads(args.out.read_text()) if args.out.exists() else []
     new = []
     if args.skip != "ddp":
         new.append(ddp_row(args))
@@ -206,10 +205,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         row.update(command=command, load_avg_1min_after=round(os.getloadavg()[0], 2), **machine())
         print(f"{row['what']}\n  ours {row['ours']} vs baseline {row['baseline']} {row['unit']}: "
               f"{row['ratio']}x")  # fmt: skip
-    kinds = {r["what"].split()[0] for r in new}
-    rows = [r for r in rows if r["what"].split()[0] not in kinds] + new
-    atomic_write_text(args.out, json.dumps(rows, indent=2) + "\n")
-    return rows
+    return upsert_json_rows(args.out, new, key=lambda r: r["what"].split()[0])
 
 
 if __name__ == "__main__":

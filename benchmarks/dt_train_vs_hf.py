@@ -33,7 +33,6 @@ the same (device, threads, bf16, compile) is replaced, others are kept.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -51,7 +50,7 @@ from torch import Tensor, nn  # noqa: E402
 
 from agents.dt import DTConfig, DTModel, dt_loss  # noqa: E402
 from rl_core.nn import MultiDiscreteEmbedding  # noqa: E402
-from rl_core.utils import atomic_write_text  # noqa: E402
+from rl_core.tables import upsert_json_rows  # noqa: E402
 
 GRID, N_ACTIONS, HORIZON = 10, 5, 100  # Dark-Room 10x10, horizon 100
 
@@ -193,14 +192,12 @@ def machine_info(device: torch.device, threads: int) -> dict[str, Any]:
 
 def write(out: Path, row: dict[str, Any]) -> None:
     """Merge `row` into the list in `out`: same (device, threads, bf16, compile) replaced."""
-    key = lambda r: (r["machine"]["device"], r["machine"]["threads"], r["bf16"], r["compile"])  # noqa: E731
-    old = json.loads(out.read_text()) if out.exists() else []
-    if isinstance(old, dict):
-        old = [old]
-    rows = [r for r in old if key(r) != key(row)] + [row]
-    rows.sort(key=lambda r: (r["machine"]["device"], -r["machine"]["threads"], r["bf16"],
-                             r["compile"]))  # fmt: skip
-    atomic_write_text(out, json.dumps(rows, indent=2) + "\n")
+    upsert_json_rows(
+        out, [row],
+        key=lambda r: (r["machine"]["device"], r["machine"]["threads"], r["bf16"], r["compile"]),
+        sort_key=lambda r: (r["machine"]["device"], -r["machine"]["threads"], r["bf16"],
+                            r["compile"]),
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -33,7 +33,6 @@ with retrieval every step on an A100 (`../shared/reference/incontext_rl.md` §1.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -51,7 +50,7 @@ from agents.ad import ADConfig, ADModel, ADPolicy  # noqa: E402
 from envs.darkroom import DarkRoomTasks  # noqa: E402
 from rl_core.nn.sampling import sample_logits  # noqa: E402
 from rl_core.rollout import ActionRecorder, rollout  # noqa: E402
-from rl_core.utils import atomic_write_text  # noqa: E402
+from rl_core.tables import upsert_json_rows  # noqa: E402
 
 
 class ReencodePolicy:
@@ -272,12 +271,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         )
         rows[-1].update({k: out[k] for k in ("torch", "python", "machine", "cpu_count")})
     # rows of the same (agent, device) are replaced; others (e.g. GPU rows) are kept
-    key = lambda r: (r.get("agent", "ad"), r.get("device", "cpu"))  # noqa: E731
-    old = json.loads(args.out.read_text()) if args.out.exists() else []
-    old = old if isinstance(old, list) else [old]
-    new_keys = {key(r) for r in rows}
-    merged = [r for r in old if key(r) not in new_keys] + rows
-    atomic_write_text(args.out, json.dumps(merged, indent=2) + "\n")
+    upsert_json_rows(args.out, rows, key=lambda r: (r.get("agent", "ad"), r.get("device", "cpu")))
     print(f"wrote {args.out}")
     return rows
 

@@ -25,7 +25,6 @@ Rows are merged into `--out` (a list): a row with the same (threads, procs, goal
 from __future__ import annotations
 
 import argparse
-import json
 import multiprocessing as mp
 import os
 import platform
@@ -43,7 +42,7 @@ import torch  # noqa: E402
 
 from agents.ppo import PPOConfig, train_ppo_histories  # noqa: E402
 from envs.darkroom import DarkRoomEnv, DarkRoomTasks  # noqa: E402
-from rl_core.utils import atomic_write_text  # noqa: E402
+from rl_core.tables import upsert_json_rows  # noqa: E402
 
 HORIZON = 100  # Dark-Room 10x10 episode length
 
@@ -109,14 +108,6 @@ def run_ours(
     g, e, s = hist.reward.shape
     returns = hist.reward.reshape(g, e, s // HORIZON, HORIZON).sum(-1).reshape(g, -1)
     return returns, seconds
-
-
-def merge_rows(path: Path, row: dict[str, Any], keys: tuple[str, ...]) -> list[dict[str, Any]]:
-    rows = json.loads(path.read_text()) if path.exists() else []
-    rows = rows if isinstance(rows, list) else [rows]
-    rows = [r for r in rows if any(r.get(k) != row[k] for k in keys)] + [row]
-    atomic_write_text(path, json.dumps(rows, indent=2) + "\n")
-    return rows
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -193,7 +184,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     import stable_baselines3
 
     row["stable_baselines3"] = stable_baselines3.__version__
-    merge_rows(args.out, row, ("threads", "procs", "goals"))
+    upsert_json_rows(
+        args.out, [row], key=lambda r: tuple(r.get(k) for k in ("threads", "procs", "goals"))
+    )
     print(
         f"ours {ours_rate:,.0f} env-steps/s ({args.goals} goals, {ours_s:.1f} s) | sb3 "
         f"{sb3_rate:,.0f} env-steps/s ({n} goals, {sb3_s:.1f} s) | ratio {row['ratio']}x\n"

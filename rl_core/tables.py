@@ -10,13 +10,14 @@ writes through `rl_core.utils.atomic_write` (a temporary file of its own, then a
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from filelock import FileLock
 
-from rl_core.utils import atomic_write
+from rl_core.utils import atomic_write, atomic_write_text
 
 
 def read_rows(path: Path, columns: Sequence[str]) -> list[dict[str, str]]:
@@ -56,3 +57,25 @@ def upsert_rows(
 
         atomic_write(path, write, text=True)
     return table
+
+
+def upsert_json_rows(
+    path: Path,
+    rows: Sequence[dict[str, Any]],
+    key: Callable[[Mapping[str, Any]], Any],
+    sort_key: Callable[[Mapping[str, Any]], Any] | None = None,
+) -> list[dict[str, Any]]:
+    """The JSON twin of `upsert_rows` (benchmark results: a list of row objects): rows whose
+    `key(row)` equals a new row's are replaced, the others kept (a lone object counts as a list
+    of one); locked and replaced atomically like the CSV tables."""
+    path = Path(path)
+    owned = {key(r) for r in rows}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_name(f".{path.name}.lock")):
+        old = json.loads(path.read_text()) if path.exists() else []
+        old = old if isinstance(old, list) else [old]
+        merged = [r for r in old if key(r) not in owned] + list(rows)
+        if sort_key is not None:
+            merged.sort(key=sort_key)
+        atomic_write_text(path, json.dumps(merged, indent=2) + "\n")
+    return merged

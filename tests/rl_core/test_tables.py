@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 from pathlib import Path
 
 import pytest
 
-from rl_core.tables import read_rows, upsert_rows
+from rl_core.tables import read_rows, upsert_json_rows, upsert_rows
 
 COLUMNS = ("agent", "seed", "value")
 
@@ -59,3 +60,14 @@ def test_concurrent_writers_lose_no_rows(tmp_path: Path) -> None:
     assert sorted((r["agent"], int(r["seed"]), r["value"]) for r in rows) == [
         (a, s, f"{a}-19") for a in agents for s in range(5)
     ]
+
+
+def test_json_rows_replace_same_key_and_keep_the_rest(tmp_path: Path) -> None:
+    path = tmp_path / "bench" / "speed.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"agent": "ad", "device": "cpu", "ours": 1}))  # a lone object
+    key = lambda r: (r["agent"], r["device"])  # noqa: E731
+    upsert_json_rows(path, [{"agent": "ad", "device": "cuda", "ours": 2}], key=key)
+    rows = upsert_json_rows(path, [{"agent": "ad", "device": "cpu", "ours": 3}], key=key)
+    assert rows == json.loads(path.read_text())
+    assert [(r["device"], r["ours"]) for r in rows] == [("cuda", 2), ("cpu", 3)]
