@@ -152,6 +152,7 @@ class RADTConfig(DTConfig):
     sim_cutoff: float = 0.98
     dedup: bool = True
     dedup_scope: str = "global"  # global (official) | task (faster on large stores, removes more)
+    search_scope: str = "all"  # training search: all keys, or the task's (only_same_task)
     min_query_step: int = 10  # short-query rule (training)
     p_random_same_task: float = 0.0  # training: random same-task sub-trajectory (p_task_rand_trj)
     p_failed_same_task: float = 0.0  # training: random same-task sub-trajectory of a failed episode
@@ -178,7 +179,7 @@ def retrieval_config(a: RADTConfig, seed: int) -> RetrievalConfig:
     return RetrievalConfig(
         chunk=a.chunk, top_l=a.top_l, candidates=a.candidates, top_k=a.top_k, alpha=a.alpha,
         sim_cutoff=a.sim_cutoff, dedup=a.dedup, dedup_scope=a.dedup_scope,
-        min_query_step=a.min_query_step,
+        search_scope=a.search_scope, min_query_step=a.min_query_step,
         p_random_same_task=a.p_random_same_task, p_failed_same_task=a.p_failed_same_task,
         exclude_own_trajectory=a.exclude_own_trajectory, seed=seed,
     )  # fmt: skip

@@ -253,6 +253,16 @@ class TrajectoryIndex:
             out[name] = np.where(ok, vals, fill).astype(col.dtype)
         return out
 
+    def reconstruct_all(self) -> np.ndarray:
+        """The stored keys (n, dim) in id order (normalised ones for `metric="cosine"`)."""
+        parts = []
+        for s in self._cpu_shards():
+            ivf = faiss.try_extract_index_ivf(s)
+            if ivf is not None:
+                ivf.make_direct_map()  # IVF lists do not know their rows' positions otherwise
+            parts.append(s.reconstruct_n(0, s.ntotal))
+        return np.concatenate(parts) if parts else np.zeros((0, self.dim), np.float32)
+
     def _cpu_shards(self) -> list[faiss.Index]:
         return [faiss.index_gpu_to_cpu(s) if self.use_gpu else s for s in self._shards]
 

@@ -17,7 +17,9 @@ In-context RL" (RA-DT; official code github.com/ml-jku/RA-DT: `src/buffers/cache
   s = minmax(similarity) + α·𝟙[same task] (α = 1; the 0/1 task term is not min-maxed, as in
   the code) and keep the top k = 1. Queries from before step 10 get k random
   sub-trajectories of their task instead (`min_seq_len = 10`). With k > 1 the picks are sorted
-  by (episode return, step), ascending, as in the code.
+  by (episode return, step), ascending, as in the code. `search_scope: task` searches only the
+  query's task's keys (the official `only_same_task`; one small exact index per task), so every
+  candidate is from the right task, as in the per-task evaluation memory.
 - Deduplication before training: a key is dropped when a same-task key from another
   trajectory among its 10 nearest neighbours has cosine similarity > 0.98 (`deduplicate`;
   `dedup_scope: task` searches each task's keys only: faster, removes more).
@@ -49,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.index import KEY_FIELDS, IndexConfig, TrajectoryIndex
+from retrieval.index import KEY_FIELDS, IndexConfig, SearchResult, TrajectoryIndex
 from rl_core.data.samplers import returns_to_go
 from rl_core.data.store import EpisodeStore
 
@@ -330,6 +332,9 @@ class RetrievalConfig:
     dedup_neighbours: int = 10
     dedup_cutoff: float = 0.98
     dedup_scope: str = "global"  # global (official) | task (k nearest within the task: faster)
+    # training: search all keys (official default) or only the query's task's keys (the
+    # official `only_same_task`, as the per-task evaluation memory does)
+    search_scope: str = "all"
     min_query_step: int | None = 10  # training: queries before this step get random same-task
     # training: any query gets a random same-task sub-trajectory with this probability (the
     # official `p_task_rand_trj`, 0 in the released Dark-Room config)
@@ -349,6 +354,8 @@ class RetrievalConfig:
             self.eval_index = IndexConfig(**self.eval_index)
         if (self.sim_cutoff is not None or self.dedup) and self.index.metric != "cosine":
             raise ValueError("sim_cutoff and dedup compare cosine similarities: use metric=cosine")
+        if self.search_scope not in ("all", "task"):
+            raise ValueError(f"search_scope={self.search_scope!r}: expected 'all' or 'task'")
         for name in ("p_random_same_task", "p_failed_same_task"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name}={getattr(self, name)}: expected a value in [0, 1]")
@@ -428,20 +435,30 @@ class RetrievalMemory:
             if self.n_removed:
                 chunks, keys = chunks.select(keep), keys[keep]
                 index = self._index(keys, chunks.meta)
-        self._setup(index, chunks.values)
+        self._setup(index, chunks.values, keys)
 
     def _index(self, keys: np.ndarray, meta: Mapping[str, np.ndarray]) -> TrajectoryIndex:
         index = TrajectoryIndex(keys.shape[1], self.cfg.index)
         index.add(keys, **{k: meta[k] for k in KEY_FIELDS})
         return index
 
-    def _setup(self, index: TrajectoryIndex, values: dict[str, np.ndarray]) -> None:
+    def _setup(
+        self, index: TrajectoryIndex, values: dict[str, np.ndarray], keys: np.ndarray | None
+    ) -> None:
         self.index, self.values = index, values
         self.rng = np.random.default_rng(self.cfg.seed)
         task = index.meta["task"]
         order = np.argsort(task, kind="stable")
         uniq, first = np.unique(task[order], return_index=True)
         self.by_task = dict(zip(uniq.tolist(), np.split(order, first[1:])))
+        self.task_index: dict[int, TrajectoryIndex] = {}
+        if self.cfg.search_scope == "task":  # a small exact index per task
+            keys = index.reconstruct_all() if keys is None else keys
+            sub_cfg = IndexConfig(metric=index.cfg.metric, device=index.cfg.device)
+            for t, members in self.by_task.items():
+                sub = TrajectoryIndex(keys.shape[1], sub_cfg)
+                sub.add(keys[members], **{f: index.meta[f][members] for f in KEY_FIELDS})
+                self.task_index[t] = sub
         failed = {t: ids[index.meta["ret"][ids] <= 0] for t, ids in self.by_task.items()}
         self.failed_by_task = {t: ids for t, ids in failed.items() if len(ids)}
 
@@ -474,7 +491,7 @@ class RetrievalMemory:
         if trajectory is not None:
             own = _as_ids(trajectory, b, "trajectory ids")
         exclude = own if cfg.exclude_own_trajectory else None
-        res = self.index.search(queries, cfg.candidates, exclude_trajectory=exclude)
+        res = self._search(queries, task, exclude)
         found = res.valid
         kept = found if cfg.sim_cutoff is None else found & (res.scores <= cfg.sim_cutoff)
         usable = found if cfg.cutoff_fallback else kept
@@ -515,6 +532,24 @@ class RetrievalMemory:
             ids, sim, score, meta = _sort_by_return(ids, sim, score, meta)
         return Retrieval(_gather_values(self.values, ids), ids, sim, score, meta, replaced)
 
+    def _search(self, queries: np.ndarray, task: np.ndarray, exclude: np.ndarray | None):
+        """The m candidates of every query: from all keys, or from its own task's keys only."""
+        m = self.cfg.candidates
+        if self.cfg.search_scope == "all":
+            return self.index.search(queries, m, exclude_trajectory=exclude)
+        ids = np.full((len(queries), m), -1, np.int64)
+        scores = np.full((len(queries), m), -np.inf, np.float32)
+        for t in np.unique(task):
+            rows = np.flatnonzero(task == t)
+            sub = self.task_index.get(int(t))
+            if sub is None:  # a task the memory does not hold: nothing to retrieve
+                continue
+            own = None if exclude is None else exclude[rows]
+            res = sub.search(queries[rows], m, exclude_trajectory=own)
+            ids[rows] = np.where(res.valid, self.by_task[int(t)][np.maximum(res.ids, 0)], -1)
+            scores[rows] = res.scores
+        return SearchResult(scores, ids, self.index.lookup(ids))
+
     # ------------------------------------------------------------------ persistence
 
     def save(self, path: str | Path) -> Path:
@@ -538,7 +573,7 @@ class RetrievalMemory:
             values = {k: z[k] for k in z.files}
         if any(len(v) != len(index) for v in values.values()):
             raise ValueError(f"{path}: values and index disagree on the number of keys")
-        self._setup(index, values)
+        self._setup(index, values, None)
         return self
 
 

@@ -384,3 +384,26 @@ def test_dedup_task_scope_sees_past_other_tasks_crowding_the_neighbours():
     )
     with pytest.raises(ValueError, match="scope='both'"):
         deduplicate(index, keys, scope="both")
+
+
+def test_task_search_scope_finds_same_task_chunks_beyond_other_tasks_crowd(tmp_path):
+    """With l = 2 of m = 2 candidates, a query surrounded by another task's keys gets only
+    those under `search_scope="all"`; `"task"` searches its own task's keys (the official
+    `only_same_task`), keeps the own-trajectory exclusion, and survives save/load."""
+    keys = np.stack([unit(a) for a in (0, 1, 2, 3, 60, 61, 62)])
+    ch = hand_chunks(task=[1, 1, 1, 1, 0, 0, 0], trajectory=[0, 1, 2, 3, 4, 5, 6], ret=[1] * 7)
+    q = np.stack([unit(1.5)] * 2)
+    kw = dict(top_l=2, candidates=2, dedup=False, min_query_step=None)
+    crowd = RetrievalMemory(keys, ch, cfg(**kw)).retrieve(q, task=[0, 0], trajectory=[4, 5])
+    assert (crowd.meta["task"] == 1).all()  # the task-0 keys are never among the candidates
+    own = RetrievalMemory(keys, ch, cfg(search_scope="task", **kw))
+    r = own.retrieve(q, task=[0, 0], trajectory=[4, 5])
+    assert (r.meta["task"] == 0).all()
+    assert r.ids.ravel().tolist() == [5, 4]  # the nearest of task 0 that is not its own trajectory
+    loaded = RetrievalMemory.load(own.save(tmp_path / "mem"))
+    again = loaded.retrieve(q, task=[0, 0], trajectory=[4, 5])
+    assert np.array_equal(again.ids, r.ids)
+    missing = own.retrieve(q[:1], task=[7], trajectory=[9])  # a task the memory does not hold
+    assert (missing.ids == -1).all()
+    with pytest.raises(ValueError, match="search_scope"):
+        cfg(search_scope="tasks")
