@@ -270,6 +270,26 @@ def reweight(
     return pos, np.take_along_axis(score, pos, 1)
 
 
+def rows_by_task(task: np.ndarray) -> dict[int, np.ndarray]:
+    """Task id -> its rows, ascending (index order within the task)."""
+    order = np.argsort(task, kind="stable")
+    uniq, first = np.unique(task[order], return_index=True)
+    return dict(zip(uniq.tolist(), np.split(order, first[1:])))
+
+
+def task_indexes(
+    index: TrajectoryIndex, keys: np.ndarray
+) -> dict[int, tuple[np.ndarray, TrajectoryIndex]]:
+    """Task id -> (its rows, a small exact index over their keys with the same metric)."""
+    sub_cfg = IndexConfig(metric=index.cfg.metric, device=index.cfg.device)
+    out = {}
+    for t, members in rows_by_task(index.meta["task"]).items():
+        sub = TrajectoryIndex(keys.shape[1], sub_cfg)
+        sub.add(keys[members], **{f: index.meta[f][members] for f in KEY_FIELDS})
+        out[t] = (members, sub)
+    return out
+
+
 def deduplicate(
     index: TrajectoryIndex,
     keys: np.ndarray,
@@ -296,13 +316,7 @@ def deduplicate(
     if scope == "global":
         groups = [(index, np.arange(n))]
     else:
-        sub_cfg = IndexConfig(metric=index.cfg.metric, device=index.cfg.device)
-        groups = []
-        for t in np.unique(task):
-            members = np.flatnonzero(task == t)  # ascending: index order within the task
-            sub = TrajectoryIndex(keys.shape[1], sub_cfg)
-            sub.add(keys[members], **{f: index.meta[f][members] for f in KEY_FIELDS})
-            groups.append((sub, members))
+        groups = [(sub, members) for members, sub in task_indexes(index, keys).values()]
     for searched, members in groups:
         for start in range(0, len(members), batch):
             rows = members[start : start + batch]
@@ -447,18 +461,11 @@ class RetrievalMemory:
     ) -> None:
         self.index, self.values = index, values
         self.rng = np.random.default_rng(self.cfg.seed)
-        task = index.meta["task"]
-        order = np.argsort(task, kind="stable")
-        uniq, first = np.unique(task[order], return_index=True)
-        self.by_task = dict(zip(uniq.tolist(), np.split(order, first[1:])))
-        self.task_index: dict[int, TrajectoryIndex] = {}
-        if self.cfg.search_scope == "task":  # a small exact index per task
+        self.by_task = rows_by_task(index.meta["task"])
+        self.task_index: dict[int, tuple[np.ndarray, TrajectoryIndex]] = {}
+        if self.cfg.search_scope == "task":
             keys = index.reconstruct_all() if keys is None else keys
-            sub_cfg = IndexConfig(metric=index.cfg.metric, device=index.cfg.device)
-            for t, members in self.by_task.items():
-                sub = TrajectoryIndex(keys.shape[1], sub_cfg)
-                sub.add(keys[members], **{f: index.meta[f][members] for f in KEY_FIELDS})
-                self.task_index[t] = sub
+            self.task_index = task_indexes(index, keys)
         failed = {t: ids[index.meta["ret"][ids] <= 0] for t, ids in self.by_task.items()}
         self.failed_by_task = {t: ids for t, ids in failed.items() if len(ids)}
 
@@ -541,12 +548,12 @@ class RetrievalMemory:
         scores = np.full((len(queries), m), -np.inf, np.float32)
         for t in np.unique(task):
             rows = np.flatnonzero(task == t)
-            sub = self.task_index.get(int(t))
-            if sub is None:  # a task the memory does not hold: nothing to retrieve
+            if int(t) not in self.task_index:  # a task the memory does not hold: nothing found
                 continue
+            members, sub = self.task_index[int(t)]
             own = None if exclude is None else exclude[rows]
             res = sub.search(queries[rows], m, exclude_trajectory=own)
-            ids[rows] = np.where(res.valid, self.by_task[int(t)][np.maximum(res.ids, 0)], -1)
+            ids[rows] = np.where(res.valid, members[np.maximum(res.ids, 0)], -1)
             scores[rows] = res.scores
         return SearchResult(scores, ids, self.index.lookup(ids))
 
