@@ -161,5 +161,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return icl.evaluate_agent(cfg, model, icl.icl_evaluator(cfg, policy, agent_cfg.eval_trials))
 
 
+def diagnose(cfg: DictConfig) -> dict[str, float]:
+    """Where a trained run's in-context reward goes: exploration vs exploitation."""
+    model, agent_cfg, context = build(cfg)
+    policy = make_policy(cfg, agent_cfg, context)
+    return icl.diagnose_agent(cfg, model, policy, agent_cfg.eval_trials)
+
+
 if __name__ == "__main__":
-    run_cli({"train": train, "eval": evaluate, "collect": icl.collect}, config_name="ad")
+    run_cli(
+        {"train": train, "eval": evaluate, "diagnose": diagnose, "collect": icl.collect},
+        config_name="ad",
+    )

@@ -10,6 +10,7 @@ PNG of every agent's curve.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,32 @@ def log_curve(logger: Any, curve: np.ndarray, prefix: str = "icl/mean_reward") -
     """One `icl/*` row per trial, on the `icl/trial` axis."""
     for trial, value in enumerate(curve, start=1):
         logger.log({"icl/trial": trial, prefix: float(value)})
+
+
+def goal_discovery(returns: np.ndarray, late_from: int = 31) -> dict[str, float]:
+    """Where an in-context curve loses reward, on sparse-reward goal tasks (Dark-Room): from
+    per-task returns (tasks, trials), exploration (goals found before trial `late_from`) vs
+    exploitation (in trials >= `late_from`, how often a goal found in an earlier trial is reached
+    again, and what such episodes earn). An episode "reaches" its goal when its return is > 0.
+    """
+    returns = np.asarray(returns, np.float64)
+    if returns.ndim != 2 or not 1 < late_from <= returns.shape[1]:
+        raise ValueError(f"returns {returns.shape} with late_from={late_from}: expected "
+                         "(tasks, trials) with 1 < late_from <= trials")  # fmt: skip
+    k = late_from - 1
+    reached = returns > 0
+    found_before = np.zeros_like(reached)
+    found_before[:, 1:] = np.maximum.accumulate(reached, axis=1)[:, :-1]
+    late, known = returns[:, k:], found_before[:, k:]
+    hit = late > 0
+    return {
+        "tasks": float(len(returns)),
+        "goals_found_before_late": float(found_before[:, k].sum()),
+        "late_known_share": float(known.mean()),
+        "late_reached_given_known": float(hit[known].mean()) if known.any() else float("nan"),
+        "late_return_when_reached": float(late[hit].mean()) if hit.any() else float("nan"),
+        "late_mean_return": float(late.mean()),
+    }
 
 
 def results_paths(cfg: DictConfig) -> tuple[Path, Path]:
@@ -221,6 +248,29 @@ def evaluate_agent(
         metrics = evaluate(logger)(model, step)
     print(metrics)
     return metrics
+
+
+def diagnose_agent(
+    cfg: DictConfig, model: nn.Module, make_policy: PolicyFactory, trials: int
+) -> dict[str, float]:
+    """`diagnose`: re-run a trained run's in-context evaluation and say where its reward goes
+    (`goal_discovery`). Writes the per-task returns to `run_dir/icl_returns.npy`; leaves the
+    results tables alone."""
+    run_dir = Path(cfg.run_dir)
+    Trainer.load_weights(model, run_dir)
+    device = resolve_device(cfg.device)
+    model.to(device).eval()
+    result = evaluate_in_context(
+        cfg.env, make_policy(model, device), trials=trials, seed=cfg.seed, progress=False
+    )
+    np.save(run_dir / "icl_returns.npy", result.returns)
+    stats = {
+        "first_trial": float(result.returns[:, 0].mean()),
+        "last_trial": float(result.returns[:, -1].mean()),
+        **goal_discovery(result.returns, late_from=max(2, trials - 9)),
+    }
+    print(json.dumps(stats))
+    return stats
 
 
 def collect(cfg: DictConfig) -> None:

@@ -640,6 +640,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return icl.evaluate_agent(cfg, model, icl.icl_evaluator(cfg, policy, a.eval_trials))
 
 
+def diagnose(cfg: DictConfig) -> dict[str, float]:
+    """Where a trained run's in-context reward goes: exploration vs exploitation."""
+    model, a, e = build(cfg)
+    policy = make_policy(cfg, a, {"embedder": load_run_embedder(cfg, a, e)})
+    return icl.diagnose_agent(cfg, model, policy, a.eval_trials)
+
+
 def collect(cfg: DictConfig) -> None:
     """Build (or reuse) the learning histories and the pretrained embedding DT."""
     store = learning_histories(cfg)
@@ -650,4 +657,7 @@ def collect(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_cli({"train": train, "eval": evaluate, "collect": collect}, config_name="radt")
+    run_cli(
+        {"train": train, "eval": evaluate, "diagnose": diagnose, "collect": collect},
+        config_name="radt",
+    )

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from agents.icl import plot_curves, read_curves, summary_table, write_curve
+from agents.icl import goal_discovery, plot_curves, read_curves, summary_table, write_curve
 from agents.icl_table import main
 
 
@@ -69,3 +69,22 @@ def test_summary_table_gives_mean_and_ci_per_agent(tmp_path, capsys):
         summary_table(path, trials=(1, 40))
     main([str(path), "--trials", "3"])
     assert "| ad | 2 | 70.0 [60.0, 80.0] |" in capsys.readouterr().out
+
+
+def test_goal_discovery_splits_exploration_from_exploitation():
+    returns = np.array(
+        [
+            [0, 90, 0, 90, 80],  # found in trial 2; trials 4-5: known, reached twice
+            [50, 0, 0, 0, 0],  # found in trial 1, then never reached again
+            [0, 0, 0, 0, 70],  # never found before trial 4: reached late, not "known"
+        ],
+        float,
+    )
+    g = goal_discovery(returns, late_from=4)
+    assert g["goals_found_before_late"] == 2  # tasks 0 and 1 by trial 3
+    assert g["late_known_share"] == 4 / 6  # trials 4-5 of tasks 0 and 1
+    assert g["late_reached_given_known"] == 2 / 4
+    assert g["late_return_when_reached"] == (90 + 80 + 70) / 3
+    assert g["late_mean_return"] == (90 + 80 + 70) / 6
+    with pytest.raises(ValueError, match="late_from=9"):
+        goal_discovery(returns, late_from=9)

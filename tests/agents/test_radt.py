@@ -60,6 +60,14 @@ def test_radt_cli_train_eval_and_retrieval_hit_rate(tmp_path: Path) -> None:
     assert list((tmp_path / "data").glob("*/embedder_dt_*/checkpoints/last.pt"))
     proc = run_radt("eval", tmp_path, *overrides)
     assert "return_last_trial" in proc.stdout
+    # `diagnose` re-runs the same evaluation: per-task returns whose mean is the table's curve
+    proc = run_radt("diagnose", tmp_path, *overrides)
+    stats = json.loads(proc.stdout.strip().splitlines()[-1])
+    returns = np.load(run_dir / "icl_returns.npy")
+    assert returns.shape == (20, 2)
+    table_curve = [float(r["mean_reward"]) for r in table]
+    np.testing.assert_allclose(returns.mean(0), table_curve, atol=1e-4)
+    assert stats["late_mean_return"] == pytest.approx(returns[:, 1].mean())
 
 
 def test_radt_lm_variant_runs_offline_end_to_end(tmp_path: Path) -> None:
