@@ -79,9 +79,13 @@ improvement on every seed, above the >= 75 target and below our AD (83.8). End t
 embedder, 20K steps, evaluation) 17 min 50 s on 2 cores. With four tokens per retrieved step
 (official) 19.8 -> 65.3; with timestep embeddings instead of window positions 20.8 -> 26.3 (10K
 steps); with the paper's C = 50 no gain (2 seeds); with 30K steps 79.0 (trials 31-40: 77.0
-vs 73.8) at 29 min end to end. What is left is exploitation: by trial 40
-nearly every goal has been found, but a policy that leaves the retrieved path (a sampled
-second-best action) does not walk back to the goal the retrieved sub-trajectory shows.
+vs 73.8) at 29 min end to end. Task-scoped training retrieval (`search_scope: task`, the
+official `only_same_task`; 100% same-task retrievals instead of ~78%) with random same-task
+retrieval p = 0.2: trial 10 71.1 (AD 65.0), trial 40 77.8, trials 31-40 78.6 (AD 83.0).
+`diagnose` (`agents.icl.goal_discovery`) says where the rest goes: RA-DT reaches a goal it has
+already found in 91-93% of late episodes where AD does in 98%, and finds 18-19 of the 20 goals
+by trial 30 where AD finds 19.3: a policy that leaves the retrieved path (a sampled
+second-best action) often does not walk back to the goal the retrieved sub-trajectory shows.
 `embedder=lm` (rows `radt_lm`, 3 seeds on one H100, ~28 steps/s each, sampler-bound): 26.3 ->
 59.5 at trial 40 (CI [47.0, 65.8]), below the DT embedder as in the paper (RA-DT + BERT ≈75 vs
 ≈82), with a similar training task hit rate (77% vs 79%).

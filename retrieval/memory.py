@@ -539,7 +539,9 @@ class RetrievalMemory:
             ids, sim, score, meta = _sort_by_return(ids, sim, score, meta)
         return Retrieval(_gather_values(self.values, ids), ids, sim, score, meta, replaced)
 
-    def _search(self, queries: np.ndarray, task: np.ndarray, exclude: np.ndarray | None):
+    def _search(
+        self, queries: np.ndarray, task: np.ndarray, exclude: np.ndarray | None
+    ) -> SearchResult:
         """The m candidates of every query: from all keys, or from its own task's keys only."""
         m = self.cfg.candidates
         if self.cfg.search_scope == "all":
