@@ -236,13 +236,21 @@ def train_agent(
         return trainer.fit(resume=cfg.resume)
 
 
+def load_trained(cfg: DictConfig, model: nn.Module) -> tuple[int, torch.device]:
+    """Load `run_dir/checkpoints/last.pt` into `model`, move it to the configured device in eval
+    mode; returns the checkpoint's step and the device."""
+    step = Trainer.load_weights(model, Path(cfg.run_dir))
+    device = resolve_device(cfg.device)
+    model.to(device).eval()
+    return step, device
+
+
 def evaluate_agent(
     cfg: DictConfig, model: nn.Module, evaluate: EvaluatorFactory
 ) -> dict[str, float]:
     """`eval` of a sequence agent: reload `run_dir/checkpoints/last.pt`, evaluate again."""
     run_dir = Path(cfg.run_dir)
-    step = Trainer.load_weights(model, run_dir)
-    model.to(resolve_device(cfg.device)).eval()
+    step, _ = load_trained(cfg, model)
     logger_cfg = to_dataclass(cfg.logger, LoggerConfig, "logger")
     with Logger(logger_cfg, run_dir, cfg.run_name, {}) as logger:
         metrics = evaluate(logger)(model, step)
@@ -256,14 +264,11 @@ def diagnose_agent(
     """`diagnose`: re-run a trained run's in-context evaluation and say where its reward goes
     (`goal_discovery`). Writes the per-task returns to `run_dir/icl_returns.npy`; leaves the
     results tables alone."""
-    run_dir = Path(cfg.run_dir)
-    Trainer.load_weights(model, run_dir)
-    device = resolve_device(cfg.device)
-    model.to(device).eval()
+    _, device = load_trained(cfg, model)
     result = evaluate_in_context(
         cfg.env, make_policy(model, device), trials=trials, seed=cfg.seed, progress=False
     )
-    np.save(run_dir / "icl_returns.npy", result.returns)
+    np.save(Path(cfg.run_dir) / "icl_returns.npy", result.returns)
     stats = {
         "first_trial": float(result.returns[:, 0].mean()),
         "last_trial": float(result.returns[:, -1].mean()),

@@ -278,12 +278,14 @@ def rows_by_task(task: np.ndarray) -> dict[int, np.ndarray]:
 
 
 def task_indexes(
-    index: TrajectoryIndex, keys: np.ndarray
+    index: TrajectoryIndex, keys: np.ndarray, by_task: Mapping[int, np.ndarray] | None = None
 ) -> dict[int, tuple[np.ndarray, TrajectoryIndex]]:
-    """Task id -> (its rows, a small exact index over their keys with the same metric)."""
+    """Task id -> (its rows, a small exact index over their keys with the same metric).
+    `by_task` (from `rows_by_task`) saves recomputing the grouping."""
     sub_cfg = IndexConfig(metric=index.cfg.metric, device=index.cfg.device)
+    by_task = rows_by_task(index.meta["task"]) if by_task is None else by_task
     out = {}
-    for t, members in rows_by_task(index.meta["task"]).items():
+    for t, members in by_task.items():
         sub = TrajectoryIndex(keys.shape[1], sub_cfg)
         sub.add(keys[members], **{f: index.meta[f][members] for f in KEY_FIELDS})
         out[t] = (members, sub)
@@ -465,7 +467,7 @@ class RetrievalMemory:
         self.task_index: dict[int, tuple[np.ndarray, TrajectoryIndex]] = {}
         if self.cfg.search_scope == "task":
             keys = index.reconstruct_all() if keys is None else keys
-            self.task_index = task_indexes(index, keys)
+            self.task_index = task_indexes(index, keys, self.by_task)
         failed = {t: ids[index.meta["ret"][ids] <= 0] for t, ids in self.by_task.items()}
         self.failed_by_task = {t: ids for t, ids in failed.items() if len(ids)}
 
