@@ -56,6 +56,11 @@ class DTConfig:
     eval_trials: int = 40
     target_mean: float = 90.0  # target return sampled per episode at evaluation
     target_std: float = 5.0
+    # evaluation: cap the running return-to-go at `rtg_cap` x the steps left in the episode, the
+    # most the rest of the episode can earn when one step pays at most `rtg_cap` (1 on
+    # Dark-Room/Key-Door). Every training RTG obeys this bound, so an uncapped target (90 after
+    # 30 unrewarded steps of a 100-step episode) is a value the policy never saw. None: no cap
+    rtg_cap: float | None = None
     temperature: float = 1.0  # action sampling temperature at evaluation (0 = greedy)
     top_p: float = 0.5  # nucleus sampling at evaluation, as RA-DT evaluates Dark-Room policies
     top_p_mode: str = (
@@ -75,6 +80,8 @@ class DTConfig:
             raise ConfigError(
                 f"agent.positions={self.positions!r}: expected one of {list(POSITIONS)}"
             )
+        if self.rtg_cap is not None and not self.rtg_cap > 0:
+            raise ConfigError(f"agent.rtg_cap={self.rtg_cap}: expected a positive number or null")
         if self.top_p_mode not in TOP_P_MODES:  # fail at config time, not after training
             raise ConfigError(
                 f"agent.top_p_mode={self.top_p_mode!r}: expected one of {list(TOP_P_MODES)}"
@@ -222,11 +229,19 @@ class DTPolicy:
         self.cache: KVCache = self.model.gpt.new_cache(self.window)
         self.n = n_envs
         self.start = torch.zeros(n_envs, dtype=torch.long, device=self.device)
-        self.rtg = self._targets(np.ones(n_envs, dtype=bool), torch.zeros(n_envs))
         self.t = torch.zeros(n_envs, dtype=torch.long, device=self.device)
+        self.target_left = self._targets(np.ones(n_envs, dtype=bool), torch.zeros(n_envs))
+        self.rtg = self._capped(self.target_left)  # what the policy conditions on
         self.last_action: Tensor | None = None  # None at the start of every env's episode
         self.last_reward = torch.zeros(n_envs, device=self.device)
         self.new_episode = torch.ones(n_envs, dtype=torch.bool, device=self.device)
+
+    def _capped(self, rtg: Tensor) -> Tensor:
+        """The episode's target minus what it earned so far, bounded by what the steps left can
+        earn (`cfg.rtg_cap` per step), if set."""
+        if self.cfg.rtg_cap is None:
+            return rtg
+        return torch.minimum(rtg, self.cfg.rtg_cap * (self.model.horizon - self.t).float())
 
     def _targets(self, which: np.ndarray, current: Tensor) -> Tensor:
         fresh = self.rng.normal(self.cfg.target_mean, self.cfg.target_std, size=len(which))
@@ -281,13 +296,14 @@ class DTPolicy:
     def observe(self, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
         rewards_t = torch.as_tensor(rewards, device=self.device).float()
         self.last_reward = rewards_t
-        self.rtg = self.rtg - rewards_t
+        self.target_left = self.target_left - rewards_t
         self.t = (self.t + 1).clamp(max=self.model.horizon - 1)
         done_t = torch.as_tensor(dones, device=self.device)
         if done_t.any():
-            self.rtg = self._targets(np.asarray(dones), self.rtg.cpu())
+            self.target_left = self._targets(np.asarray(dones), self.target_left.cpu())
             self.t = torch.where(done_t, torch.zeros_like(self.t), self.t)
             self.new_episode = done_t.clone()
+        self.rtg = self._capped(self.target_left)
 
 
 def build(cfg: DictConfig) -> tuple[DTModel, DTConfig]:

@@ -15,6 +15,7 @@ import torch
 from agents.ad import ADConfig, ADModel, ADPolicy
 from agents.dt import DTConfig, DTModel, DTPolicy
 from envs.darkroom import DarkRoomEnv
+from rl_core.config import ConfigError
 from rl_core.rollout import rollout
 
 ATOL = 1e-5
@@ -208,3 +209,33 @@ def test_dt_policy_greedy_acts_from_the_logits():
         policy.observe(action, np.zeros(4), np.zeros(4, dtype=bool))
         assert np.array_equal(action, hook.logits[-1].argmax(-1).numpy())
     hook.close()
+
+
+@pytest.mark.parametrize("cap", [None, 1.0, 0.5])
+@torch.no_grad()
+def test_dt_policy_caps_the_return_to_go_at_what_the_steps_left_can_earn(cap):
+    """rtg_cap c: the RTG the policy conditions on is min(target - rewards so far, c x steps
+    left), every step and after an episode boundary; None leaves it uncapped."""
+    model, cfg = make_dt(n_layer=1)
+    cfg.target_mean, cfg.rtg_cap = 10.0, cap  # 10 > 0.5 x HORIZON: the cap binds from step 0
+    policy = DTPolicy(model, cfg, CPU, seed=0)
+    policy.reset(2)
+    rng = np.random.default_rng(1)
+    lengths = [HORIZON, 5]  # env 1 starts a new episode after 5 steps
+    earned, t = np.zeros(2), np.zeros(2, dtype=int)
+    for step in range(HORIZON):
+        expected = 10.0 - earned
+        if cap is not None:
+            expected = np.minimum(expected, cap * (HORIZON - t))
+        np.testing.assert_allclose(policy.rtg.numpy(), expected, rtol=0, atol=1e-5)
+        action = policy.act(rng.integers(0, 5, size=(2, 2)))
+        reward = rng.integers(0, 2, size=2).astype(np.float32)
+        done = np.array([False, step == lengths[1] - 1])
+        policy.observe(action, reward, done)
+        earned, t = earned + reward, t + 1
+        earned[done], t[done] = 0.0, 0
+
+
+def test_dt_config_rejects_a_non_positive_rtg_cap():
+    with pytest.raises(ConfigError, match="rtg_cap=0"):
+        DTConfig(rtg_cap=0)
