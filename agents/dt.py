@@ -231,17 +231,18 @@ class DTPolicy:
         self.start = torch.zeros(n_envs, dtype=torch.long, device=self.device)
         self.t = torch.zeros(n_envs, dtype=torch.long, device=self.device)
         self.target_left = self._targets(np.ones(n_envs, dtype=bool), torch.zeros(n_envs))
-        self.rtg = self._capped(self.target_left)  # what the policy conditions on
         self.last_action: Tensor | None = None  # None at the start of every env's episode
         self.last_reward = torch.zeros(n_envs, device=self.device)
         self.new_episode = torch.ones(n_envs, dtype=torch.bool, device=self.device)
 
-    def _capped(self, rtg: Tensor) -> Tensor:
-        """The episode's target minus what it earned so far, bounded by what the steps left can
-        earn (`cfg.rtg_cap` per step), if set."""
+    @property
+    def rtg(self) -> Tensor:
+        """The return-to-go the policy conditions on: the episode's target minus what it earned
+        so far, bounded by what the steps left can earn (`cfg.rtg_cap` per step), if set."""
         if self.cfg.rtg_cap is None:
-            return rtg
-        return torch.minimum(rtg, self.cfg.rtg_cap * (self.model.horizon - self.t).float())
+            return self.target_left
+        cap = self.cfg.rtg_cap * (self.model.horizon - self.t).float()
+        return torch.minimum(self.target_left, cap)
 
     def _targets(self, which: np.ndarray, current: Tensor) -> Tensor:
         fresh = self.rng.normal(self.cfg.target_mean, self.cfg.target_std, size=len(which))
@@ -303,7 +304,6 @@ class DTPolicy:
             self.target_left = self._targets(np.asarray(dones), self.target_left.cpu())
             self.t = torch.where(done_t, torch.zeros_like(self.t), self.t)
             self.new_episode = done_t.clone()
-        self.rtg = self._capped(self.target_left)
 
 
 def build(cfg: DictConfig) -> tuple[DTModel, DTConfig]:
